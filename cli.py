@@ -1,0 +1,5 @@
+"""The `workbench` command (placeholder until the CLI lands)."""
+
+
+def main() -> None:
+    print("workbench")

@@ -1,0 +1,43 @@
+"""Transformer Workbench: interpretability and profiling for decoder-only transformers.
+
+Load a checkpoint into one hooked decoder, record what happens inside it, and let analyzers turn
+the records into findings::
+
+    import workbench
+    model = workbench.load_model("smollm2")          # or a folder, a .gguf, a workbench checkpoint
+    logits = model(tokens)                            # [batch, pos, vocab]
+    with workbench.hooks(model, [("blocks.0.hook_resid_post", fn)]):
+        model(tokens)
+
+Imports are lazy so that ``workbench --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "workbench.checkpoint",
+    "load_config": "workbench.checkpoint",
+    "save_checkpoint": "workbench.checkpoint",
+    "CheckpointError": "workbench.checkpoint",
+    "DecoderConfig": "workbench.config",
+    "HookedDecoder": "workbench.model",
+    "KVCache": "workbench.attention",
+    "hooks": "workbench.hooks",
+    "Finding": "workbench.findings",
+    "record": "workbench.recorders",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

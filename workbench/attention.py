@@ -1,0 +1,209 @@
+"""Causal self-attention with two paths behind one switch, plus the KV cache and masks.
+
+Shapes: B batch, T new tokens in this forward, S keys (cached + new), H query heads,
+K key/value heads (H % K == 0; MHA K == H, MQA K == 1), D d_head, c a chunk of queries.
+
+* The fast path calls ``scaled_dot_product_attention`` and never materialises scores.
+* The explicit path computes scores and probabilities in query chunks of ``chunk_size`` rows,
+  so peak memory is O(B x H x chunk x S). It runs only when something asks for attention:
+  an ``observer`` (a recorder reducing statistics chunk by chunk), a hook on ``hook_pattern`` or
+  ``hook_attn_scores`` (which then see the full ``[B, H, T, S]`` tensor), or ``force_explicit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.config import DecoderConfig
+from workbench.hooks import HookPoint
+from workbench.positions import apply_rope
+
+
+@dataclass
+class AttentionChunk:
+    """What an attention observer sees for rows ``[query_start, query_start + c)`` of one layer."""
+
+    layer: int
+    query_start: int  # index of the first query row among this forward's T rows
+    scores: torch.Tensor  # (B, H, c, S) scaled logits incl. position bias; -inf where masked
+    probs: torch.Tensor  # (B, H, c, S) softmax of scores
+    visible: torch.Tensor  # (B, 1, c, S) bool: which keys each query may see
+    query_index: torch.Tensor  # (c,) absolute index of each query (cache offset included)
+    scale: float  # the multiplier that was applied to q.k
+
+
+AttentionObserver = Callable[[AttentionChunk], None]
+
+
+class KVCache:
+    """Keys and values of past tokens, per layer: ``(B, K, S, D)`` each, appended in place."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Number of tokens cached (0 when empty)."""
+        first = self.keys[0]
+        return 0 if first is None else first.shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past_k, past_v = self.keys[layer], self.values[layer]
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached tensors (what the kv_memory model predicts)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+@dataclass
+class ForwardContext:
+    """Per-forward facts shared by every layer: positions, rotary tables, key validity."""
+
+    query_index: torch.Tensor  # (T,) absolute index of each new token
+    key_index: torch.Tensor  # (S,)
+    key_valid: torch.Tensor | None  # (B, S) bool, None when nothing is padded
+    cos: torch.Tensor | None = None  # (B, T, D) rotary tables, None without RoPE
+    sin: torch.Tensor | None = None
+    alibi: torch.Tensor | None = None  # (H,) slopes, None without ALiBi
+    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+
+    def visible(self, window: int | None) -> torch.Tensor | None:
+        """Bool ``(B or 1, 1, T, S)`` of visible keys, or None for a plain causal mask."""
+        if window not in self._masks:
+            plain = self.key_valid is None and window is None
+            if plain and self.query_index.shape[0] == self.key_index.shape[0]:
+                self._masks[window] = None
+            else:
+                self._masks[window] = self._build(window)
+        return self._masks[window]
+
+    def visible_or_causal(self, window: int | None) -> torch.Tensor:
+        mask = self.visible(window)
+        return mask if mask is not None else self._build(window)
+
+    def _build(self, window: int | None) -> torch.Tensor:
+        distance = self.query_index[:, None] - self.key_index[None, :]  # (T, S)
+        mask = distance >= 0
+        if window is not None:
+            mask = mask & (distance < window)
+        mask = mask[None, None]
+        if self.key_valid is not None:
+            mask = mask & self.key_valid[:, None, None, :]
+            # A padding query that sees no key would give NaN (0 * NaN leaks into later
+            # layers); let it see every key instead. Its output is meaningless either way.
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
+        return mask
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads, RoPE or ALiBi, optional window."""
+
+    def __init__(self, config: DecoderConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.d_head = config.n_heads, config.kv_heads, config.d_head
+        self.scale = config.scale
+        self.window = config.window_for_layer(layer)
+        d_attn, d_kv = config.n_heads * config.d_head, config.kv_heads * config.d_head
+        self.q = nn.Linear(config.d_model, d_attn, bias=config.qkv_bias)
+        self.k = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
+        self.v = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
+        self.o = nn.Linear(d_attn, config.d_model, bias=config.attn_out_bias)
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head] after RoPE
+        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head] after RoPE
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.observer: AttentionObserver | None = None
+        self.chunk_size = 256
+        self.force_explicit = False
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.d_head))
+        k = self.hook_k(self.k(x).view(B, T, self.n_kv_heads, self.d_head))
+        v = self.hook_v(self.v(x).view(B, T, self.n_kv_heads, self.d_head))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        if ctx.cos is not None:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+            if self.hook_rot_q.active or self.hook_rot_k.active:
+                q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
+                k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, K, S, D)
+        explicit = (
+            self.force_explicit
+            or self.observer is not None
+            or self.hook_pattern.active
+            or self.hook_attn_scores.active
+        )
+        z = self._explicit(q, k, v, ctx) if explicit else self._fast(q, k, v, ctx)
+        z = self.hook_z(z.transpose(1, 2))  # (B, T, H, D)
+        return self.o(z.reshape(B, T, self.n_heads * self.d_head))
+
+    def _alibi_bias(self, ctx: ForwardContext, query_index: torch.Tensor) -> torch.Tensor:
+        """ALiBi's -m_h * (i - j), as ``(1, H, c, S)``."""
+        distance = (ctx.key_index[None, :] - query_index[:, None]).to(torch.float32)
+        return (ctx.alibi[:, None, None] * distance[None])[None]
+
+    def _fast(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext):
+        mask = ctx.visible(self.window)
+        kwargs = {}
+        if self.n_kv_heads != self.n_heads:
+            if mask is None and ctx.alibi is None:
+                kwargs["enable_gqa"] = True
+            else:
+                group = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if ctx.alibi is not None:
+            visible = ctx.visible_or_causal(self.window)
+            bias = self._alibi_bias(ctx, ctx.query_index).to(q.dtype)
+            mask = bias.masked_fill(~visible, float("-inf"))
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=self.scale, **kwargs)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, **kwargs)
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext):
+        B, H, T, D = q.shape
+        K, S, group = self.n_kv_heads, k.shape[2], self.n_heads // self.n_kv_heads
+        visible_all = ctx.visible_or_causal(self.window)  # (B or 1, 1, T, S)
+        full = self.hook_pattern.active or self.hook_attn_scores.active
+        chunk = T if full else max(1, self.chunk_size)
+        q_grouped = q.view(B, K, group, T, D)
+        k_grouped, v_grouped = k[:, :, None], v[:, :, None]  # (B, K, 1, S, D)
+        outputs = []
+        for start in range(0, T, chunk):
+            stop = min(start + chunk, T)
+            scores = (q_grouped[:, :, :, start:stop] @ k_grouped.transpose(-1, -2)) * self.scale
+            scores = scores.view(B, H, stop - start, S)
+            query_index = ctx.query_index[start:stop]
+            if ctx.alibi is not None:
+                scores = scores + self._alibi_bias(ctx, query_index).to(scores.dtype)
+            visible = visible_all[:, :, start:stop]
+            scores = scores.masked_fill(~visible, float("-inf"))
+            if full:
+                scores = self.hook_attn_scores(scores)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            if full:
+                probs = self.hook_pattern(probs)
+            if self.observer is not None:
+                self.observer(
+                    AttentionChunk(self.layer, start, scores, probs, visible, query_index, self.scale)
+                )
+            z = probs.view(B, K, group, stop - start, S) @ v_grouped  # (B, K, g, c, D)
+            outputs.append(z.view(B, H, stop - start, D))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)

@@ -1,0 +1,183 @@
+"""DecoderConfig: the one description of a decoder-only transformer the workbench understands.
+
+Every loader (transformers folder, GGUF, the workbench's own format, an architecture profile)
+produces a DecoderConfig; the hooked decoder, the analyzers and the KV-memory model read only
+this. It is a frozen dataclass with Literal-typed choices and no ``-1`` sentinels: a feature
+that is absent is ``None`` (or ``0`` experts), never a magic number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+NormKind = Literal["layernorm", "rmsnorm"]
+ActivationKind = Literal["gelu", "gelu_tanh", "silu", "relu"]
+RopeScalingKind = Literal["linear", "dynamic", "yarn", "llama3"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a decoder (missing or inconsistent fields)."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling, as published by the model (Llama 3, YaRN, linear, dynamic NTK).
+
+    ``original_max_positions`` is the context the un-scaled model was trained at.
+    """
+
+    kind: RopeScalingKind
+    factor: float
+    original_max_positions: int | None = None
+    low_freq_factor: float | None = None  # llama3
+    high_freq_factor: float | None = None  # llama3
+    beta_fast: float | None = None  # yarn
+    beta_slow: float | None = None  # yarn
+    attention_factor: float | None = None  # yarn (mscale); None = the paper's default
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Shape and behaviour of a decoder-only transformer.
+
+    Sizes follow the TransformerLens vocabulary: ``d_model`` (residual width), ``d_head``,
+    ``n_heads`` query heads sharing ``n_kv_heads`` key/value heads (MHA when equal, MQA at 1),
+    ``d_mlp`` (hidden width of the dense MLP or of each expert).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    max_positions: int
+    n_kv_heads: int | None = None  # None means n_heads (MHA)
+    positions: PositionKind = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    norm: NormKind = "rmsnorm"
+    norm_eps: float = 1e-5
+    activation: ActivationKind = "silu"
+    gated_mlp: bool = True  # SwiGLU-style gate * up
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    attn_scale: float | None = None  # None means 1/sqrt(d_head)
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None  # None: the window applies to every layer
+    tie_embeddings: bool = False
+    embed_norm: bool = False  # BLOOM's LayerNorm right after the token embedding
+    # Mixture of experts. n_experts == 0 means every MLP is dense.
+    n_experts: int = 0
+    top_k: int = 0
+    moe_layers: tuple[int, ...] | None = None  # None: all layers are MoE when n_experts > 0
+    norm_topk_prob: bool = True  # renormalise the chosen experts' probabilities to sum to 1
+    d_expert: int | None = None  # hidden width of each expert; None means d_mlp
+    d_shared_expert: int = 0  # qwen2_moe: a dense expert every token uses, sigmoid-gated
+    # Multi-head latent attention (DeepSeek V2/V3): described for KV planning only.
+    mla_kv_rank: int | None = None
+    mla_rope_dim: int | None = None
+    # Provenance, used by reports and the KV model.
+    model_type: str = "workbench"
+    dtype: str = "float32"  # the checkpoint's storage dtype
+    weights_quant: str | None = None  # e.g. "Q4_1" for GGUF, "int8", "int4"
+    n_params: int | None = None  # when known without weights (architecture profiles)
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        for field_name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{field_name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_positions, int) or self.max_positions <= 0:
+            raise ConfigError(f"max_positions must be a positive integer, got {self.max_positions!r}")
+        kv = self.kv_heads
+        if kv <= 0 or self.n_heads % kv:
+            raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+        for name, kind in (
+            ("positions", PositionKind),
+            ("norm", NormKind),
+            ("activation", ActivationKind),
+        ):
+            if getattr(self, name) not in get_args(kind):
+                raise ConfigError(f"{name} must be one of {get_args(kind)}, got {getattr(self, name)!r}")
+        if self.n_experts < 0 or (self.n_experts and not 0 < self.top_k <= self.n_experts):
+            raise ConfigError(f"top_k ({self.top_k}) must be in 1..n_experts ({self.n_experts})")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window must be positive, got {self.sliding_window}")
+        if self.positions == "rope" and self.d_head % 2:
+            raise ConfigError(f"RoPE needs an even d_head, got {self.d_head}")
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (== n_heads for MHA)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def attention_kind(self) -> str:
+        """"MHA", "GQA", "MQA" or "MLA"."""
+        if self.mla_kv_rank is not None:
+            return "MLA"
+        if self.kv_heads == self.n_heads:
+            return "MHA"
+        return "MQA" if self.kv_heads == 1 else "GQA"
+
+    @property
+    def scale(self) -> float:
+        """Multiplier applied to q.k before the softmax."""
+        return self.d_head**-0.5 if self.attn_scale is None else self.attn_scale
+
+    def window_for_layer(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (None: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if self.sliding_layers is None or layer in self.sliding_layers:
+            return self.sliding_window
+        return None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        if self.n_experts == 0:
+            return False
+        return self.moe_layers is None or layer in self.moe_layers
+
+    @property
+    def trained_context(self) -> int:
+        """The context the model was trained at, before any RoPE scaling stretched it."""
+        scaling = self.rope_scaling
+        if scaling is not None and scaling.original_max_positions:
+            return scaling.original_max_positions
+        return self.max_positions
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
+        """Build from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown DecoderConfig fields: {', '.join(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("rope_scaling"), dict):
+            data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
+        for key in ("moe_layers", "sliding_layers"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        try:
+            return cls(**data)
+        except TypeError as error:  # a missing required field
+            raise ConfigError(str(error)) from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> DecoderConfig:
+        return dataclasses.replace(self, **changes)

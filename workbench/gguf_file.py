@@ -1,0 +1,156 @@
+"""GGUF files (llama.cpp's format): metadata -> DecoderConfig, tensors -> dequantised weights.
+
+Read with the ``gguf`` package; nothing here needs transformers. llama.cpp stores the query and
+key projections of Llama-style models with the rotary halves interleaved; they are permuted back
+to the "rotate half" layout the decoder (and transformers) use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.config import ConfigError, DecoderConfig
+
+# Architectures whose GGUF layout is the Llama one (the key map below).
+LLAMA_LIKE = {"llama", "mistral", "qwen2"}
+# ggml types the loader dequantises (gguf.dequantize handles these; others are refused).
+SUPPORTED_TYPES = {
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+}
+FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+              10: "Q2_K", 12: "Q3_K_M", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
+              18: "Q6_K", 32: "BF16"}
+
+
+def _error(path: Path, message: str) -> Exception:
+    from workbench.checkpoint import CheckpointError
+
+    return CheckpointError(f"{path}: {message}")
+
+
+def _reader(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as error:  # the reader raises bare ValueError/IndexError on bad files
+        raise _error(path, f"not a readable GGUF file ({type(error).__name__}: {error})") from None
+
+
+def _field(reader, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value
+
+
+def _config(reader, path: Path) -> DecoderConfig:
+    arch = _field(reader, "general.architecture")
+    if arch not in LLAMA_LIKE:
+        raise _error(path, f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(LLAMA_LIKE))})")
+
+    def need(key: str) -> Any:
+        value = _field(reader, f"{arch}.{key}")
+        if value is None:
+            raise _error(path, f"GGUF metadata lacks {arch}.{key}")
+        return value
+
+    n_heads = int(need("attention.head_count"))
+    d_model = int(need("embedding_length"))
+    vocab = _field(reader, f"{arch}.vocab_size")
+    if vocab is None:
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        vocab = len(tokens.data) if tokens is not None else None
+    names = {t.name for t in reader.tensors}
+    file_type = _field(reader, "general.file_type")
+    try:
+        return DecoderConfig(
+            vocab_size=int(vocab),
+            d_model=d_model,
+            n_layers=int(need("block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+            d_head=int(_field(reader, f"{arch}.rope.dimension_count", d_model // n_heads)),
+            d_mlp=int(need("feed_forward_length")),
+            max_positions=int(need("context_length")),
+            positions="rope",
+            rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            norm="rmsnorm",
+            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            activation="silu",
+            gated_mlp=True,
+            qkv_bias="blk.0.attn_q.bias" in names,
+            tie_embeddings="output.weight" not in names,
+            model_type=arch,
+            dtype="float32",
+            weights_quant=FILE_TYPES.get(int(file_type)) if file_type is not None else None,
+            bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+            name=str(_field(reader, "general.name", path.stem)),
+        )
+    except (ConfigError, TypeError) as error:
+        raise _error(path, f"GGUF metadata does not describe a decoder ({error})") from None
+
+
+def read_config(path: Path) -> DecoderConfig:
+    return _config(_reader(path), path)
+
+
+def _native_name(name: str) -> str | None:
+    top = {"token_embd.weight": "embed.weight", "output_norm.weight": "ln_final.weight",
+           "output.weight": "unembed.weight"}
+    if name in top:
+        return top[name]
+    parts = name.split(".")
+    if parts[0] != "blk" or len(parts) != 4:
+        return None
+    layer, sub, kind = parts[1], parts[2], parts[3]
+    block = {"attn_norm": "ln1", "ffn_norm": "ln2", "attn_q": "attn.q", "attn_k": "attn.k",
+             "attn_v": "attn.v", "attn_output": "attn.o", "ffn_gate": "mlp.w_gate",
+             "ffn_up": "mlp.w_in", "ffn_down": "mlp.w_out"}
+    if sub not in block:
+        return None
+    return f"blocks.{layer}.{block[sub]}.{kind}"
+
+
+def _unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rotary interleave of a q or k projection (rows grouped by head)."""
+    rows = weight.shape[0]
+    rest = weight.shape[1:]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
+def read_checkpoint(path: Path) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
+    """Config and dequantised fp32 weights in the decoder's names."""
+    import gguf
+
+    reader = _reader(path)
+    config = _config(reader, path)
+    state = {}
+    for tensor in reader.tensors:
+        type_name = tensor.tensor_type.name
+        if type_name not in SUPPORTED_TYPES:
+            raise _error(
+                path,
+                f"tensor {tensor.name} uses quantisation {type_name}, which the loader does not "
+                f"dequantise (supported: {', '.join(sorted(SUPPORTED_TYPES))})",
+            )
+        name = _native_name(tensor.name)
+        if name is None:
+            raise _error(path, f"unexpected GGUF tensor {tensor.name}")
+        try:
+            weight = np.array(gguf.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        except (NotImplementedError, ValueError) as error:
+            raise _error(path, f"cannot dequantise {tensor.name} ({type_name}): {error}") from None
+        if tensor.name.startswith("blk.") and ".attn_q." in tensor.name:
+            weight = _unpermute(weight, config.n_heads)
+        elif tensor.name.startswith("blk.") and ".attn_k." in tensor.name:
+            weight = _unpermute(weight, config.kv_heads)
+        state[name] = torch.from_numpy(np.ascontiguousarray(weight))
+    return config, state

@@ -1,0 +1,204 @@
+"""The hooked decoder: one pre-norm decoder-only transformer for every supported family.
+
+Shapes: B batch, T tokens, d d_model, V vocab. The residual stream flows
+``hook_embed (+ hook_pos_embed) -> blocks[l] -> ln_final -> unembed``; each block is
+``resid_pre -> +attn(ln1) -> resid_mid -> +mlp(ln2) -> resid_post``. Hook point names follow
+TransformerLens (see ``model.hook_dict`` for the full list).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.attention import Attention, ForwardContext, KVCache
+from workbench.config import DecoderConfig
+from workbench.hooks import HookPoint, name_hook_points
+from workbench.mlp import MLP, MoE
+from workbench.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight``, computed in fp32 and cast back (as Llama does)."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: DecoderConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block."""
+
+    def __init__(self, config: DecoderConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.ln1 = make_norm(config)
+        self.attn = Attention(config, layer)
+        self.ln2 = make_norm(config)
+        self.mlp = MoE(config) if config.is_moe_layer(layer) else MLP(config)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), ctx, cache)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+
+
+class HookedDecoder(nn.Module):
+    """A decoder-only transformer with hook points everywhere.
+
+    ``model(input_ids)`` returns logits ``[B, T, V]``. ``attention_mask`` ``[B, S]`` (1 = real
+    token, 0 = padding, covering cached tokens too) handles padded batches; ``cache`` (a
+    :class:`KVCache`) enables incremental decoding. :meth:`hidden` returns the final normalised
+    residual stream, for callers that unembed in chunks to bound memory at long context.
+    """
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_embed = (
+            nn.Embedding(config.max_positions, config.d_model) if config.positions == "learned" else None
+        )
+        if config.positions == "sinusoidal":
+            table = sinusoidal_table(config.max_positions, config.d_model)
+            self.register_buffer("sinusoidal", table, persistent=False)
+        self.embed_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.embed_norm else None
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
+        self.ln_final = make_norm(config)
+        self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        if config.positions == "rope":
+            inv_freq, factor = rope_inv_freq(config)
+            self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+            self.rope_attention_factor = factor
+        if config.positions == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_final = HookPoint()  # [batch, pos, d_model] after ln_final
+        self.hook_dict = name_hook_points(self)
+
+    def reset_buffers(self) -> None:
+        """Recompute the derived (non-persistent) buffers, e.g. after building on ``meta``."""
+        device = self.embed.weight.device
+        if self.config.positions == "rope":
+            self.rope_inv_freq = rope_inv_freq(self.config)[0].to(device)
+        if self.config.positions == "alibi":
+            self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
+        if self.config.positions == "sinusoidal":
+            self.sinusoidal = sinusoidal_table(self.config.max_positions, self.config.d_model).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.unembed(self.hidden(input_ids, attention_mask, cache, position_ids))
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final normalised residual stream ``[B, T, d_model]`` (logits = unembed of it)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        device = self.device
+        input_ids = input_ids.to(device)
+        past = cache.length if cache is not None else 0
+        query_index = torch.arange(past, past + T, device=device)
+        if position_ids is None:
+            position_ids = query_index[None].expand(B, T)
+        position_ids = position_ids.to(device)
+        ctx = self._context(query_index, position_ids, attention_mask, past)
+        x = self.hook_embed(self.embed(input_ids))
+        if self.pos_embed is not None:
+            if int(position_ids.max()) >= self.config.max_positions:
+                raise IndexError(
+                    f"position {int(position_ids.max())} is past the learned position table "
+                    f"({self.config.max_positions} positions)"
+                )
+            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
+        elif self.config.positions == "sinusoidal":
+            x = x + self.hook_pos_embed(self.sinusoidal[position_ids].to(x.dtype))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        for block in self.blocks:
+            x = block(x, ctx, cache)
+        return self.hook_final(self.ln_final(x))
+
+    def _context(self, query_index, position_ids, attention_mask, past) -> ForwardContext:
+        device = query_index.device
+        key_index = torch.arange(0, past + query_index.shape[0], device=device)
+        key_valid = None
+        if attention_mask is not None:
+            key_valid = attention_mask.to(device=device, dtype=torch.bool)
+            if key_valid.shape[1] != key_index.shape[0]:
+                raise ValueError(
+                    f"attention_mask covers {key_valid.shape[1]} tokens, expected {key_index.shape[0]} "
+                    "(cached + new)"
+                )
+            if bool(key_valid.all()):
+                key_valid = None
+        ctx = ForwardContext(query_index=query_index, key_index=key_index, key_valid=key_valid)
+        if self.config.positions == "rope":
+            inv_freq = self.rope_inv_freq
+            if self.config.rope_scaling is not None and self.config.rope_scaling.kind == "dynamic":
+                inv_freq, _ = rope_inv_freq(self.config, seq_len=int(key_index.shape[0]))
+            ctx.cos, ctx.sin = rope_cos_sin(
+                inv_freq, position_ids, self.rope_attention_factor, self.dtype
+            )
+        elif self.config.positions == "alibi":
+            ctx.alibi = self.alibi_slopes
+        return ctx
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding with the KV cache; returns prompt + new tokens ``[B, T + n]``."""
+        cache = KVCache(self.config.n_layers)
+        logits = self(input_ids, cache=cache)
+        tokens = [input_ids.to(self.device)]
+        for _ in range(max_new_tokens):
+            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
+            tokens.append(next_token)
+            logits = self(next_token, cache=cache)
+        return torch.cat(tokens, dim=1)
+
+    def attention_modules(self) -> list[Attention]:
+        return [block.attn for block in self.blocks]
+
+    def n_params(self) -> int:
+        """Parameters, counting tied embeddings once."""
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
