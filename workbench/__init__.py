@@ -6,7 +6,7 @@ the records into findings::
     import workbench
     model = workbench.load_model("smollm2")          # or a folder, a .gguf, a workbench checkpoint
     logits = model(tokens)                            # [batch, pos, vocab]
-    with workbench.hooks(model, [("blocks.0.hook_resid_post", fn)]):
+    with model.hooks([("blocks.0.hook_resid_post", fn)]):   # or workbench.hooks.hooks(model, ...)
         model(tokens)
 
 Imports are lazy so that ``workbench --help`` answers without importing torch.
@@ -26,7 +26,6 @@ _EXPORTS = {
     "DecoderConfig": "workbench.config",
     "HookedDecoder": "workbench.model",
     "KVCache": "workbench.attention",
-    "hooks": "workbench.hooks",
     "Finding": "workbench.findings",
     "record": "workbench.recorders",
 }

@@ -257,7 +257,11 @@ def _dispatch(model, device_map, max_memory, offload_folder):
     from accelerate import dispatch_model, infer_auto_device_map
 
     if device_map == "auto":
-        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=["Block"])
+        # clean_result=False keeps one entry per module: a cleaned map collapses to {"": "disk"}
+        # when nothing fits, and accelerate cannot dispatch that (it offloads no weights).
+        device_map = infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=["Block"], clean_result=False
+        )
     if offload_folder is None and "disk" in set(device_map.values()):
         offload_folder = tempfile.mkdtemp(prefix="workbench-offload-")
     return dispatch_model(model, device_map=device_map, offload_dir=offload_folder)

@@ -263,7 +263,7 @@ _BLOOM_RENAMES = [
 ]
 
 # Buffers some checkpoints carry that are recomputed, not loaded.
-_IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
+_IGNORED = re.compile(r".*\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
 
 RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "mixtral": _LLAMA_RENAMES, "qwen2_moe": _LLAMA_RENAMES, "gpt2": _GPT2_RENAMES,

@@ -8,7 +8,7 @@ always removes what it attached, even when the forward raises::
         z[:, :, 4] = 0
         return z
 
-    with workbench.hooks(model, [("blocks.2.attn.hook_z", ablate_head)]):
+    with model.hooks([("blocks.2.attn.hook_z", ablate_head)]):  # or hooks(model, [...])
         logits = model(tokens)
 
 A hook function receives ``(tensor, hook)`` where ``hook.name`` is the hook point's name; it may

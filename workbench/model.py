@@ -13,7 +13,7 @@ from torch import nn
 
 from workbench.attention import Attention, ForwardContext, KVCache
 from workbench.config import DecoderConfig
-from workbench.hooks import HookPoint, name_hook_points
+from workbench.hooks import HookPoint, hooks, name_hook_points
 from workbench.mlp import MLP, MoE
 from workbench.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
 
@@ -92,6 +92,7 @@ class HookedDecoder(nn.Module):
             self.rope_attention_factor = factor
         if config.positions == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.hook_tokens = HookPoint()  # [batch, pos] the input token ids
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_final = HookPoint()  # [batch, pos, d_model] after ln_final
@@ -136,7 +137,7 @@ class HookedDecoder(nn.Module):
             raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         device = self.device
-        input_ids = input_ids.to(device)
+        input_ids = self.hook_tokens(input_ids.to(device))
         past = cache.length if cache is not None else 0
         query_index = torch.arange(past, past + T, device=device)
         if position_ids is None:
@@ -195,6 +196,10 @@ class HookedDecoder(nn.Module):
             tokens.append(next_token)
             logits = self(next_token, cache=cache)
         return torch.cat(tokens, dim=1)
+
+    def hooks(self, fwd_hooks):
+        """Context manager attaching ``[(name or predicate, fn), ...]``; see :mod:`workbench.hooks`."""
+        return hooks(self, fwd_hooks)
 
     def attention_modules(self) -> list[Attention]:
         return [block.attn for block in self.blocks]

@@ -19,12 +19,11 @@ import dataclasses
 import difflib
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from workbench.config import ConfigError, DecoderConfig
 
@@ -146,9 +145,7 @@ def get_device(name: str) -> Device:
     path, tables = _device_tables()
     wanted = name.strip().lower()
     by_name = {key: key for key in tables}
-    by_name.update(
-        {alias: key for key, table in tables.items() for alias in table.get("aliases", [])}
-    )
+    by_name.update({alias: key for key, table in tables.items() for alias in table.get("aliases", [])})
     if wanted not in by_name:
         raise _unknown("device", name, list(tables))
     key = by_name[wanted]
@@ -234,17 +231,7 @@ def _load_architecture(path: Path) -> Architecture:
     period = extras.get("sliding_window_period")
     if period is not None and data.get("sliding_window") is not None:
         layers = tuple(range(0, int(data.get("n_layers", 0)), int(period)))
-        extras["sliding_window_layers"] = layers
-        if "sliding_window_layers" in _CONFIG_FIELDS:
-            data["sliding_window_layers"] = layers
-        else:  # one window for all layers would understate the KV cache: plan every layer global
-            every = ", ".join(map(str, layers[:3]))
-            notes.append(
-                f"sliding_window {data['sliding_window']} applies to layers {every}, ... only; "
-                "DecoderConfig has no per-layer field, so sliding_window is dropped and KV "
-                "planning treats every layer as global (an overestimate)"
-            )
-            data["sliding_window"] = None
+        data["sliding_layers"] = layers
     try:
         config = DecoderConfig.from_dict(data)
     except (ConfigError, TypeError) as error:
@@ -323,9 +310,7 @@ def load_profile(name_or_path: str | os.PathLike[str] = "default") -> Profile:
         seed=_integer(path, "run", "seed", merged["run"]["seed"], 0),
         probes=dict(merged["probes"]),
         deployment=_deployment(path, merged["deployment"]),
-        thresholds={
-            a: {k: _value(v) for k, v in t.items()} for a, t in merged["thresholds"].items()
-        },
+        thresholds={a: {k: _value(v) for k, v in t.items()} for a, t in merged["thresholds"].items()},
         threshold_sources=sources,
     )
 
@@ -342,9 +327,7 @@ def _check_default(path: Path, data: dict[str, Any]) -> None:
         for key, entry in table.items():
             if not (isinstance(entry, dict) and set(entry) == {"value", "source"}):
                 where = _at(path, f"thresholds.{analyzer}", key)
-                raise ProfileError(
-                    f"{where}: threshold {key!r} needs {{ value = ..., source = ... }}"
-                )
+                raise ProfileError(f"{where}: threshold {key!r} needs {{ value = ..., source = ... }}")
 
 
 def _same_kind(default: Any, value: Any) -> bool:
@@ -359,9 +342,7 @@ def _merge(
     default_path: Path, base: dict[str, Any], path: Path, override: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """default.toml with ``override`` laid over it, key by key; unknown keys are errors."""
-    merged = {
-        key: (dict(value) if isinstance(value, dict) else value) for key, value in base.items()
-    }
+    merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in base.items()}
     merged["thresholds"] = {name: dict(table) for name, table in base["thresholds"].items()}
     sources = {a: {k: e["source"] for k, e in t.items()} for a, t in base["thresholds"].items()}
     for key, value in override.items():
@@ -428,7 +409,5 @@ def _deployment(path: Path, table: dict[str, Any]) -> Deployment:
         utilization=float(utilization),
         block_size=_integer(path, "deployment", "block_size", table["block_size"], 1),
         tp=_integer(path, "deployment", "tp", table["tp"], 1),
-        prefill_chunk=None
-        if chunk == "none"
-        else _integer(path, "deployment", "prefill_chunk", chunk, 1),
+        prefill_chunk=None if chunk == "none" else _integer(path, "deployment", "prefill_chunk", chunk, 1),
     )

@@ -109,11 +109,11 @@ def window_layer_count(config: DecoderConfig) -> int:
     """How many layers keep at most ``sliding_window`` tokens.
 
     All layers when ``sliding_window`` is set, unless the config carries a per-layer
-    ``sliding_window_layers`` tuple (Gemma 2's alternation; read when DecoderConfig has it).
+    ``sliding_layers`` tuple (Gemma 2's alternation; read when DecoderConfig has it).
     """
     if config.sliding_window is None:
         return 0
-    layers = getattr(config, "sliding_window_layers", None)
+    layers = getattr(config, "sliding_layers", None)
     if layers is None:
         return config.n_layers
     return len({layer for layer in layers if 0 <= layer < config.n_layers})
@@ -124,9 +124,7 @@ def _check_tp(config: DecoderConfig, tp: int) -> None:
         raise PlanError(f"tp must be >= 1 and divide n_heads ({config.n_heads}), got {tp}")
 
 
-def kv_bytes_per_token_per_layer(
-    config: DecoderConfig, kv_dtype: str | None = None, *, tp: int = 1
-) -> int:
+def kv_bytes_per_token_per_layer(config: DecoderConfig, kv_dtype: str | None = None, *, tp: int = 1) -> int:
     """KV bytes one token adds to one layer's cache on one device."""
     _check_tp(config, tp)
     kv_dtype = storage_type(kv_dtype or compute_dtype(config), kv=True)
@@ -411,9 +409,10 @@ def _fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, opti
     if result.weights_bytes > result.device_bytes:
         need = f"{_gib(result.weights_bytes)} of {_gib(result.device_bytes)} usable"
         fixes.append(f"the weights alone need {need}")
-        for dtype in ("int8", "int4"):
+        for dtype, label in (("fp8", "8-bit (fp8/int8)"), ("int4", "int4")):
             if storage_bytes(256, dtype) < storage_bytes(256, result.weights_dtype):
-                fixes.append(f"{dtype} weights take {_gib(weights_bytes(config, dtype))}")
+                size = weights_bytes(config, dtype, tp=result.tp)
+                fixes.append(f"{label} weights take {_gib(size)} per device")
     else:
         if result.max_context:
             largest = f"{result.max_context:,} tokens"
@@ -476,6 +475,7 @@ def analyze(
     max_context = result.max_context
     full = max_context is None or max_context >= config.max_positions
     reach = "any context fits" if max_context is None else f"up to {max_context:,} tokens fit"
+    reach = "no context fits" if max_context == 0 else reach
     beyond = context > config.max_positions
     return [
         Finding(

@@ -1,0 +1,255 @@
+"""Attention recorder: per (layer, head, query position) statistics, streamed in query chunks.
+
+Nothing of size ``[layers, heads, T, T]`` is ever held: the decoder's explicit attention path hands
+each chunk of ``c`` query rows (``[B, H, c, S]`` scores and probabilities) to
+:meth:`AttentionRecorder.observe`, which reduces it to ``[H, c]`` numbers and lets it go. Peak extra
+memory is O(B x H x chunk x S); the chunk shrinks as S grows to stay under ``chunk_bytes``.
+
+Statistics (averaged over the batch; position 0 sees one key, so its normalised entropy is NaN):
+
+* ``entropy``: Shannon entropy of the attention distribution, nats.
+* ``entropy_norm``: entropy / log(number of visible keys): 1 = uniform, 0 = one-hot.
+* ``max_prob`` and ``argmax``: the largest weight and the key index it sits on.
+* ``sink_mass``: weight on the first visible key (the "attention sink").
+* ``mean_distance``: expected query-key distance in tokens.
+* ``logit_std``: standard deviation of the pre-softmax logits over visible keys (after the
+  model's own scale). With 1/sqrt(d_head) scaling it is O(1) in trained models; without it,
+  about sqrt(d_head) times larger.
+
+Full patterns are kept only for requested ``(layer, head)`` pairs and query range, within a byte
+budget, for the HTML pattern viewer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.attention import AttentionChunk
+
+STATS = ("entropy", "entropy_norm", "max_prob", "argmax", "sink_mass", "mean_distance", "logit_std")
+
+
+@dataclass(frozen=True)
+class PatternRequest:
+    """Keep the full pattern of ``head`` in ``layer`` for query rows ``[start, stop)``."""
+
+    layer: int
+    head: int
+    start: int = 0
+    stop: int = 64
+
+
+def chunk_statistics(
+    probs: torch.Tensor,
+    visible: torch.Tensor,
+    query_index: torch.Tensor,
+    scores: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Reduce one chunk: ``probs [B, H, c, S]``, ``visible [B|1, 1, c, S]`` -> each ``[B, H, c]``.
+
+    Without ``scores`` (e.g. a backend that only sees probabilities), the logit spread is taken
+    from log-probabilities, which differ from the logits by a per-row constant.
+    """
+    p = probs.float()
+    visible = visible.expand(p.shape[0], 1, *visible.shape[2:])
+    n_visible = visible.sum(-1).float()  # (B, 1, c)
+    entropy = -torch.special.xlogy(p, p).sum(-1)  # (B, H, c)
+    log_n = torch.log(n_visible)
+    entropy_norm = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), torch.nan)
+    max_prob, argmax = p.max(dim=-1)
+    first_visible = visible.to(torch.uint8).argmax(dim=-1, keepdim=True)  # (B, 1, c, 1)
+    sink = p.gather(-1, first_visible.expand(p.shape[0], p.shape[1], -1, 1)).squeeze(-1)
+    key_index = torch.arange(p.shape[-1], device=p.device, dtype=torch.float32)
+    distance = (query_index.to(p.device, torch.float32)[:, None] - key_index[None, :]).clamp_min(0)
+    mean_distance = (p * distance).sum(-1)
+    if scores is not None:
+        logits = scores.float()
+    else:
+        logits = torch.log(p.clamp_min(torch.finfo(torch.float32).tiny))
+    logits = logits.masked_fill(~visible, 0.0)
+    mean = logits.sum(-1) / n_visible
+    var = (logits.square().sum(-1) / n_visible - mean.square()).clamp_min(0)
+    logit_std = torch.where(n_visible > 1, var.sqrt(), torch.nan)
+    return {
+        "entropy": entropy,
+        "entropy_norm": entropy_norm,
+        "max_prob": max_prob,
+        "argmax": argmax.float(),
+        "sink_mass": sink,
+        "mean_distance": mean_distance,
+        "logit_std": logit_std,
+    }
+
+
+@dataclass
+class AttentionRecord:
+    """Attention statistics: each of :data:`STATS` is a float32 tensor ``[layers, heads, T]``."""
+
+    n_layers: int
+    n_heads: int
+    n_tokens: int
+    d_head: int
+    scale: float
+    stats: dict[str, torch.Tensor]
+    patterns: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # [rows, keys]
+    pattern_start: dict[tuple[int, int], int] = field(default_factory=dict)
+    patterns_dropped: int = 0
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        stats = self.__dict__.get("stats", {})
+        if name in stats:
+            return stats[name]
+        raise AttributeError(name)
+
+    def head_summary(self, stat: str, skip_first: int = 1) -> torch.Tensor:
+        """``[layers, heads]`` mean of ``stat`` over query positions ``>= skip_first`` (NaN-aware)."""
+        return torch.nanmean(self.stats[stat][:, :, skip_first:], dim=-1)
+
+    def to_dict(self, max_positions: int = 256) -> dict[str, Any]:
+        """JSON-ready: per-head means, and per-position curves averaged into at most
+        ``max_positions`` buckets."""
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_tokens": self.n_tokens,
+            "d_head": self.d_head,
+            "scale": self.scale,
+            "head_means": {stat: _nan_to_none(self.head_summary(stat)) for stat in STATS},
+            "by_position": {
+                stat: _nan_to_none(bucket(self.stats[stat], max_positions)) for stat in STATS
+            },
+            "bucket_size": math.ceil(self.n_tokens / max_positions) if self.n_tokens > max_positions else 1,
+            "patterns": [
+                {"layer": layer, "head": head, "start": self.pattern_start[(layer, head)],
+                 "pattern": _nan_to_none(pattern)}
+                for (layer, head), pattern in sorted(self.patterns.items())
+            ],
+            "patterns_dropped": self.patterns_dropped,
+        }
+
+
+def bucket(values: torch.Tensor, max_positions: int) -> torch.Tensor:
+    """Average the last axis into at most ``max_positions`` equal buckets (NaN-aware)."""
+    n = values.shape[-1]
+    if n <= max_positions:
+        return values
+    size = math.ceil(n / max_positions)
+    padded = torch.nn.functional.pad(values, (0, size * math.ceil(n / size) - n), value=float("nan"))
+    return torch.nanmean(padded.reshape(*values.shape[:-1], -1, size), dim=-1)
+
+
+def _nan_to_none(values: torch.Tensor) -> Any:
+    """Nested lists with NaN as None (JSON has no NaN), rounded to 6 significant digits."""
+    data = values.tolist()
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return None if (isinstance(x, float) and math.isnan(x)) else float(f"{x:.6g}")
+
+    return clean(data)
+
+
+class AttentionRecorder:
+    """Attach to a HookedDecoder; reduces every attention chunk of the next forward."""
+
+    def __init__(
+        self,
+        model: Any,
+        patterns: list[PatternRequest] | None = None,
+        pattern_budget_bytes: int = 32 * 2**20,
+        chunk_bytes: int = 64 * 2**20,
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        self.requests = {(r.layer, r.head): r for r in (patterns or [])}
+        self.pattern_budget_bytes = pattern_budget_bytes
+        self.chunk_bytes = chunk_bytes
+        self.record: AttentionRecord | None = None
+        self._start()
+
+    def attach(self) -> None:
+        for attn in self.model.attention_modules():
+            attn.observer = self.observe
+        self._tokens = 0
+
+    def detach(self) -> None:
+        for attn in self.model.attention_modules():
+            attn.observer = None
+            attn.chunk_size = 256
+
+    def set_sequence(self, batch: int, n_tokens: int, n_keys: int) -> None:
+        """Size the chunks for this forward so temporaries stay under ``chunk_bytes``."""
+        heads = self.config.n_heads
+        rows = max(8, self.chunk_bytes // max(1, batch * heads * n_keys * 4 * 4))
+        for attn in self.model.attention_modules():
+            attn.chunk_size = int(min(n_tokens, rows))
+
+    def observe(self, chunk: AttentionChunk) -> None:
+        B, H, c, S = chunk.probs.shape
+        layer = chunk.layer
+        if layer == 0 and chunk.query_start == 0:
+            self._start()
+        stats = chunk_statistics(chunk.probs, chunk.visible, chunk.query_index, chunk.scores)
+        rows = slice(chunk.query_start, chunk.query_start + c)
+        for name, value in stats.items():
+            if name not in self._sums or self._sums[name].shape[-1] < rows.stop:
+                self._grow(name, rows.stop, H)
+            self._sums[name][layer, :, rows] = torch.nanmean(value, dim=0).cpu()
+        self._tokens = max(self._tokens, rows.stop)
+        for head in range(H):
+            request = self.requests.get((layer, head))
+            if request is not None:
+                self._keep_pattern(request, chunk, head)
+
+    def _start(self) -> None:
+        self._sums = {}
+        self._patterns: dict[tuple[int, int], torch.Tensor] = {}
+        self._pattern_start: dict[tuple[int, int], int] = {}
+        self._pattern_bytes = 0
+        self._dropped = 0
+        self._tokens = 0
+
+    def _grow(self, name: str, length: int, heads: int) -> None:
+        old = self._sums.get(name)
+        new = torch.full((self.config.n_layers, heads, length), float("nan"))
+        if old is not None:
+            new[..., : old.shape[-1]] = old
+        self._sums[name] = new
+
+    def _keep_pattern(self, request: PatternRequest, chunk: AttentionChunk, head: int) -> None:
+        lo = max(request.start, chunk.query_start)
+        hi = min(request.stop, chunk.query_start + chunk.probs.shape[2])
+        if lo >= hi:
+            return
+        rows = chunk.probs[0, head, lo - chunk.query_start : hi - chunk.query_start, : request.stop]
+        key = (request.layer, head)
+        nbytes = rows.numel() * 4
+        if self._pattern_bytes + nbytes > self.pattern_budget_bytes:
+            self._dropped += 1
+            return
+        self._pattern_bytes += nbytes
+        previous = self._patterns.get(key)
+        rows = rows.float().cpu()
+        self._patterns[key] = rows if previous is None else torch.cat([previous, rows])
+        self._pattern_start.setdefault(key, lo)
+
+    def finish(self) -> AttentionRecord | None:
+        if not self._sums:
+            return None
+        self.record = AttentionRecord(
+            n_layers=self.config.n_layers,
+            n_heads=self.config.n_heads,
+            n_tokens=self._tokens,
+            d_head=self.config.d_head,
+            scale=self.config.scale,
+            stats={name: value[..., : self._tokens].contiguous() for name, value in self._sums.items()},
+            patterns=dict(self._patterns),
+            pattern_start=dict(self._pattern_start),
+            patterns_dropped=self._dropped,
+        )
+        return self.record

@@ -1,0 +1,177 @@
+"""Residual-stream recorder: how much each sublayer writes, and a memory-bounded logit lens.
+
+Per layer and position (averaged over the batch):
+
+* ``resid_pre_norm``, ``attn_out_norm``, ``mlp_out_norm``: L2 norms of the stream entering the
+  block and of what attention and the MLP add to it.
+* ``attn_ratio`` = |attn_out| / |resid_pre| and ``mlp_ratio`` = |mlp_out| / |resid_mid|: the
+  relative size of each write (how much a sublayer changes the stream).
+* ``attn_cos`` / ``mlp_cos``: cosine between the write and the stream it is added to
+  (negative: the sublayer erases what is there).
+
+Logit lens (nostalgebraist 2020): each layer's ``resid_post`` is decoded with the model's own
+final norm and unembedding; ``lens_kl[l, t]`` is KL(final || layer l) in nats and ``lens_top1``
+whether the layer's top token equals the final top token. Decoding costs T x d x V per layer, so
+the lens is taken at ``lens_positions`` evenly spaced positions (all of them for short inputs),
+``chunk`` positions at a time: ``[layers, T, vocab]`` is never held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workbench.recorders.attention import _nan_to_none, bucket
+
+STATS = ("resid_pre_norm", "attn_out_norm", "mlp_out_norm", "attn_ratio", "mlp_ratio", "attn_cos", "mlp_cos")
+
+
+@dataclass
+class ResidualRecord:
+    """Each of :data:`STATS` is ``[layers, T]``; ``lens_kl``/``lens_top1`` are ``[layers, P]``
+    at token positions ``lens_positions [P]``; ``final_norm`` is ``[T]``."""
+
+    stats: dict[str, torch.Tensor]
+    final_norm: torch.Tensor
+    lens_positions: torch.Tensor | None = None
+    lens_kl: torch.Tensor | None = None
+    lens_top1: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        stats = self.__dict__.get("stats", {})
+        if name in stats:
+            return stats[name]
+        raise AttributeError(name)
+
+    def layer_means(self, stat: str) -> torch.Tensor:
+        return torch.nanmean(self.stats[stat], dim=-1)
+
+    def to_dict(self, max_positions: int = 256) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "layer_means": {stat: _nan_to_none(self.layer_means(stat)) for stat in STATS},
+            "by_position": {stat: _nan_to_none(bucket(self.stats[stat], max_positions)) for stat in STATS},
+        }
+        if self.lens_kl is not None:
+            data["lens"] = {
+                "positions": self.lens_positions.tolist(),
+                "kl_mean": _nan_to_none(self.lens_kl.mean(dim=-1)),
+                "top1_mean": _nan_to_none(self.lens_top1.float().mean(dim=-1)),
+            }
+        return data
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
+
+
+def write_stats(
+    resid_pre: torch.Tensor, attn_out: torch.Tensor, resid_mid: torch.Tensor, mlp_out: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-position write statistics of one block, each ``[T]`` (batch-averaged)."""
+    pre_norm, mid_norm = resid_pre.float().norm(dim=-1), resid_mid.float().norm(dim=-1)
+    attn_norm, mlp_norm = attn_out.float().norm(dim=-1), mlp_out.float().norm(dim=-1)
+    out = {
+        "resid_pre_norm": pre_norm,
+        "attn_out_norm": attn_norm,
+        "mlp_out_norm": mlp_norm,
+        "attn_ratio": attn_norm / pre_norm.clamp_min(1e-12),
+        "mlp_ratio": mlp_norm / mid_norm.clamp_min(1e-12),
+        "attn_cos": _cos(attn_out, resid_pre),
+        "mlp_cos": _cos(mlp_out, resid_mid),
+    }
+    return {name: value.mean(dim=0).cpu() for name, value in out.items()}
+
+
+def lens_positions(n_tokens: int, limit: int) -> torch.Tensor:
+    if n_tokens <= limit:
+        return torch.arange(n_tokens)
+    return torch.linspace(0, n_tokens - 1, limit).round().long().unique()
+
+
+@torch.no_grad()
+def logit_lens(
+    residuals: list[torch.Tensor],
+    final_hidden: torch.Tensor,
+    final_norm: torch.nn.Module,
+    unembed: torch.nn.Module,
+    positions: torch.Tensor,
+    chunk: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(final || layer) and top-1 agreement, ``[layers, P]``, batch row 0 of each residual."""
+    kl = torch.empty(len(residuals), positions.numel())
+    top1 = torch.empty(len(residuals), positions.numel(), dtype=torch.bool)
+    device = final_hidden.device
+    for start in range(0, positions.numel(), chunk):
+        index = positions[start : start + chunk].to(device)
+        final_logp = torch.log_softmax(unembed(final_hidden[0, index]).float(), dim=-1)  # (c, V)
+        final_top = final_logp.argmax(dim=-1)
+        for layer, resid in enumerate(residuals):
+            hidden = final_norm(resid[0, index.to(resid.device)].to(device))
+            layer_logp = torch.log_softmax(unembed(hidden).float(), dim=-1)
+            kl[layer, start : start + chunk] = (final_logp.exp() * (final_logp - layer_logp)).sum(-1).cpu()
+            top1[layer, start : start + chunk] = (layer_logp.argmax(dim=-1) == final_top).cpu()
+    return kl, top1
+
+
+class ResidualRecorder:
+    """Hooks the block boundaries of a HookedDecoder and reduces them as the forward runs."""
+
+    def __init__(self, model: Any, lens: bool = True, lens_positions: int = 512) -> None:
+        self.model = model
+        self.lens = lens
+        self.lens_limit = lens_positions
+        self.record: ResidualRecord | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._current: dict[int, dict[str, torch.Tensor]] = {}
+        self._stats: list[dict[str, torch.Tensor]] = []
+        self._residuals: list[torch.Tensor] = []
+        self._final: torch.Tensor | None = None
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        fwd = []
+        for layer in range(self.model.config.n_layers):
+            for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+                fwd.append((f"blocks.{layer}.{name}", self._capture(layer, name)))
+        fwd.append(("hook_final", self._capture_final))
+        return fwd
+
+    def _capture(self, layer: int, name: str):
+        def hook(tensor: torch.Tensor, point: Any) -> None:
+            if layer == 0 and name == "hook_resid_pre":
+                self._reset()
+            current = self._current.setdefault(layer, {})
+            current[name] = tensor.detach()
+            if name == "hook_mlp_out":
+                self._stats.append(
+                    write_stats(current["hook_resid_pre"], current["hook_attn_out"],
+                                current["hook_resid_mid"], current["hook_mlp_out"])
+                )
+            if name == "hook_resid_post":
+                if self.lens:
+                    self._residuals.append(tensor.detach())
+                del self._current[layer]
+
+        return hook
+
+    def _capture_final(self, tensor: torch.Tensor, point: Any) -> None:
+        self._final = tensor.detach()
+
+    def finish(self) -> ResidualRecord | None:
+        if not self._stats:
+            return None
+        stats = {name: torch.stack([s[name] for s in self._stats]) for name in STATS}
+        final = self._final
+        record = ResidualRecord(stats=stats, final_norm=final.float().norm(dim=-1).mean(0).cpu())
+        if self.lens and self._residuals and final is not None:
+            positions = lens_positions(final.shape[1], self.lens_limit)
+            record.lens_positions = positions
+            record.lens_kl, record.lens_top1 = logit_lens(
+                self._residuals, final, self.model.ln_final, self.model.unembed, positions
+            )
+        self._residuals = []
+        self.record = record
+        return record

@@ -1,0 +1,138 @@
+"""Routing recorder: what the router of every MoE layer did, reduced to per-expert numbers.
+
+Per MoE layer (counts add up over every forward inside one ``record`` block):
+
+* ``load[e]``: token-slots routed to expert e (sums to tokens x top_k);
+* ``importance[e]``: mean router probability of e over tokens (sums to 1);
+* ``entropy``: mean router entropy per token, nats (``entropy_norm``: / log n_experts);
+* ``coselect[e, f]``: tokens that chose both e and f (diagonal = load);
+* ``sample``: the choices (experts and weights) at a few evenly spaced positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class LayerRouting:
+    layer: int
+    n_experts: int
+    top_k: int
+    tokens: int = 0
+    load: torch.Tensor | None = None  # (E,) int64
+    prob_sum: torch.Tensor | None = None  # (E,) float64, sum over tokens of router probs
+    entropy_sum: float = 0.0
+    coselect: torch.Tensor | None = None  # (E, E) int64
+    sample_positions: list[int] = field(default_factory=list)
+    sample_experts: list[list[int]] = field(default_factory=list)
+    sample_weights: list[list[float]] = field(default_factory=list)
+
+    @property
+    def importance(self) -> torch.Tensor:
+        return (self.prob_sum / max(self.tokens, 1)).float()
+
+    @property
+    def load_share(self) -> torch.Tensor:
+        return self.load.double() / max(int(self.load.sum()), 1)
+
+    @property
+    def entropy(self) -> float:
+        return self.entropy_sum / max(self.tokens, 1)
+
+    @property
+    def entropy_norm(self) -> float:
+        return self.entropy / math.log(self.n_experts) if self.n_experts > 1 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "tokens": self.tokens,
+            "load": self.load.tolist(),
+            "importance": [round(float(x), 6) for x in self.importance],
+            "entropy": round(self.entropy, 6),
+            "entropy_norm": round(self.entropy_norm, 6),
+            "coselect": self.coselect.tolist(),
+            "sample": {
+                "positions": self.sample_positions,
+                "experts": self.sample_experts,
+                "weights": [[round(w, 6) for w in row] for row in self.sample_weights],
+            },
+        }
+
+
+@dataclass
+class RoutingRecord:
+    layers: dict[int, LayerRouting]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [self.layers[layer].to_dict() for layer in sorted(self.layers)]}
+
+
+def accumulate(
+    state: LayerRouting, logits: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, samples: int
+) -> None:
+    """Add one forward's router output: logits ``[B, T, E]``, chosen ``indices/weights [B, T, k]``."""
+    E = state.n_experts
+    probs = torch.softmax(logits.reshape(-1, E).float(), dim=-1)  # (N, E)
+    chosen = indices.reshape(-1, indices.shape[-1]).cpu()  # (N, k)
+    onehot = torch.zeros(chosen.shape[0], E, dtype=torch.int64).scatter_(1, chosen, 1)
+    if state.load is None:
+        state.load = torch.zeros(E, dtype=torch.int64)
+        state.prob_sum = torch.zeros(E, dtype=torch.float64)
+        state.coselect = torch.zeros(E, E, dtype=torch.int64)
+    state.load += torch.bincount(chosen.reshape(-1), minlength=E)
+    state.prob_sum += probs.sum(0).double().cpu()
+    state.entropy_sum += float(-torch.special.xlogy(probs, probs).sum())
+    state.coselect += onehot.T @ onehot
+    if not state.sample_positions:
+        T = indices.shape[1]
+        positions = sorted({round(i * (T - 1) / max(samples - 1, 1)) for i in range(min(samples, T))})
+        state.sample_positions = positions
+        state.sample_experts = [indices[0, p].tolist() for p in positions]
+        state.sample_weights = [[float(w) for w in weights[0, p]] for p in positions]
+    state.tokens += chosen.shape[0]
+
+
+class RoutingRecorder:
+    """Hooks every MoE layer's router logits, expert indices and weights."""
+
+    def __init__(self, model: Any, samples: int = 32) -> None:
+        self.model = model
+        self.samples = samples
+        config = model.config
+        self.layers = {
+            layer: LayerRouting(layer, config.n_experts, config.top_k)
+            for layer in range(config.n_layers)
+            if config.is_moe_layer(layer)
+        }
+        self._pending: dict[int, dict[str, torch.Tensor]] = {}
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        fwd = []
+        for layer in self.layers:
+            for name in ("hook_router_logits", "hook_expert_indices", "hook_expert_weights"):
+                fwd.append((f"blocks.{layer}.mlp.{name}", self._capture(layer, name)))
+        return fwd
+
+    def _capture(self, layer: int, name: str):
+        def hook(tensor: torch.Tensor, point: Any) -> None:
+            pending = self._pending.setdefault(layer, {})
+            pending[name] = tensor.detach()
+            if name == "hook_expert_weights":
+                accumulate(self.layers[layer], pending["hook_router_logits"],
+                           pending["hook_expert_indices"], tensor.detach(), self.samples)
+                del self._pending[layer]
+
+        return hook
+
+    def finish(self) -> RoutingRecord | None:
+        if not self.layers:
+            return None
+        return RoutingRecord({k: v for k, v in self.layers.items() if v.load is not None})
