@@ -1,5 +1,358 @@
-"""The `workbench` command (placeholder until the CLI lands)."""
+"""The ``workbench`` command: a thin typer app over :mod:`workbench.run`.
+
+This is the only module that talks to the terminal. Heavy imports (torch, transformers) happen
+inside commands, so ``workbench --help`` answers at once.
+
+Exit codes: 0 no ``fail`` finding, 1 at least one ``fail``, 2 bad input or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="workbench",
+    help="Transformer Workbench: look inside decoder-only transformers and find what is wrong.\n\n"
+    "Run `workbench diagnose` to check the embedded SmolLM2-135M, or `workbench diagnose CKPT` for "
+    "your checkpoint (a transformers folder, a .gguf file or a workbench checkpoint).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+zoo_app = typer.Typer(help="Tiny checkpoints with known pathologies and their healthy twins.",
+                      no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+out = Console()
+err = Console(stderr=True)
+
+Checkpoint = Annotated[
+    str | None,
+    typer.Argument(help="Checkpoint folder, .gguf file or workbench checkpoint; default: the embedded "
+                        "SmolLM2-135M-Instruct.", show_default=False),
+]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Run profile: a name (default, ci, long) "
+                                         "or a TOML file.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device to run on (cpu, cuda, cuda:1).")]
+DtypeOpt = Annotated[str, typer.Option(help="Compute dtype: float32, bfloat16 or float16.")]
+TokensOpt = Annotated[int | None, typer.Option(min=2, max=1_048_576,
+                                               help="Main probe length in tokens (default: the profile's).")]
+PromptOpt = Annotated[str | None, typer.Option(help="Probe on this text instead of the shipped corpus.")]
+TextOpt = Annotated[Path | None, typer.Option(help="Probe on the text in this file.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Report folder (default: reports/<model>-<UTC time>).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write report.json to this path.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the status and the report path.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed for probe inputs (default: the profile's).")]
+
+
+class BadInput(Exception):
+    """A user error: one line on stderr, exit 2."""
+
+
+def _fail_input(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from workbench.analyzers.kv_memory import PlanError
+    from workbench.checkpoint import CheckpointError
+    from workbench.config import ConfigError
+    from workbench.inputs import InputError
+    from workbench.profiles import ProfileError
+    from workbench.run import RunError
+
+    return (CheckpointError, ConfigError, InputError, ProfileError, RunError, PlanError, BadInput)
+
+
+def _read_text(path: Path | None, prompt: str | None) -> str | None:
+    if path is None:
+        return prompt
+    if prompt is not None:
+        raise BadInput("give --prompt or --text, not both")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read ({error.strerror})") from None
+    if not text.strip():
+        raise BadInput(f"{path}: the text file is empty")
+    return text
+
+
+def _run_command(command: str, checkpoint: str | None, profile: str, device: str, dtype: str,
+                 tokens: int | None, prompt: str | None, text: Path | None, out_dir: Path | None,
+                 json_path: Path | None, quiet: bool, seed: int | None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    import tempfile
+
+    try:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from workbench import run as pipeline
+        from workbench.report.terminal import render
+
+        user_errors = _user_errors()
+    except ImportError as error:  # pragma: no cover - broken install
+        raise _fail_input(f"cannot import the workbench ({error})") from None
+    try:
+        prompt_text = _read_text(text, prompt)
+        with tempfile.TemporaryDirectory(prefix="workbench-trace-") as trace_dir:
+            options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
+                                          device=device, dtype=dtype, seed=seed, trace_dir=Path(trace_dir))
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                          console=err, transient=True, disable=quiet) as progress:
+                task = progress.add_task("starting", total=None)
+                report = pipeline.run(checkpoint, options,
+                                      progress=lambda message: progress.update(task, description=message))
+                progress.update(task, description="writing the report")
+                folder = pipeline.write(report, out_dir, options)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text((folder / "report.json").read_text(encoding="utf-8"), encoding="utf-8")
+    except user_errors as error:
+        raise _fail_input(str(error)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: no report was written")
+        raise typer.Exit(130) from None
+    status = report["summary"]["status"]
+    if quiet:
+        out.print(f"{status} {folder}", highlight=False)
+    else:
+        render(report, out)
+        out.print(f"report: [bold]{folder / 'report.html'}[/]", highlight=False)
+    raise typer.Exit(1 if status == "fail" else 0)
+
+
+@app.command()
+def diagnose(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+             dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+             text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
+             seed: SeedOpt = None) -> None:
+    """Run every analyzer (attention, residual, routing, length, KV memory, timing) and write a report."""
+    _run_command("diagnose", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+
+
+@app.command()
+def attention(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+              dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+              text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
+              seed: SeedOpt = None) -> None:
+    """Attention statistics per layer and head: saturation, sink heads, logit scale, patterns."""
+    _run_command("attention", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+
+
+@app.command()
+def residual(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+             dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+             text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
+             seed: SeedOpt = None) -> None:
+    """Residual stream: write norms per layer, the logit lens, per-position loss."""
+    _run_command("residual", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+
+
+@app.command()
+def routing(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+            dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+            text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
+            seed: SeedOpt = None) -> None:
+    """MoE routing: load and importance per expert, dead experts, balance loss."""
+    _run_command("routing", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+
+
+@app.command()
+def extrapolation(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+                  dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+                  text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None,
+                  quiet: QuietOpt = False, seed: SeedOpt = None) -> None:
+    """Loss per position at lengths around the claimed context: where does the model stop coping?"""
+    _run_command("extrapolation", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path,
+                 quiet, seed)
+
+
+@app.command("profile")
+def profile_command(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+                    dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+                    text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None,
+                    quiet: QuietOpt = False, seed: SeedOpt = None) -> None:
+    """Time the forward per op and per layer component; write a TensorBoard and a Perfetto trace."""
+    _run_command("profile", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+
+
+@app.command()
+def kv(
+    model: Annotated[str, typer.Argument(help="Architecture profile name (llama-3.1-8b, see `workbench "
+                                              "profiles`), checkpoint folder, config.json or .gguf.")],
+    device: Annotated[str | None, typer.Option(help="Device from the catalog (see `workbench devices`).")] = None,
+    context: Annotated[int | None, typer.Option(min=1, help="Tokens per sequence (default: the model's "
+                                                            "max_positions).")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Concurrent sequences.")] = None,
+    tp: Annotated[int | None, typer.Option(min=1, help="Tensor-parallel degree.")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(help="KV cache dtype: fp32, fp16, bf16, fp8, int8, int4.")] = None,
+    utilization: Annotated[float | None, typer.Option(help="Usable fraction of device memory.")] = None,
+    block_size: Annotated[int | None, typer.Option(min=1, help="Paged-KV block size in tokens.")] = None,
+    weights_dtype: Annotated[str | None, typer.Option(help="Override the weights' storage type.")] = None,
+    profile: ProfileOpt = "default",
+    json_path: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Plan KV-cache memory without loading weights: does (batch, context) fit on a device?"""
+    try:
+        from workbench.kv_command import kv_report
+
+        result = kv_report(model, device=device, context=context, batch=batch, tp=tp, kv_dtype=kv_dtype,
+                           utilization=utilization, block_size=block_size, weights_dtype=weights_dtype,
+                           profile=profile)
+    except _user_errors() as error:
+        raise _fail_input(str(error)) from None
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result["plan"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if quiet:
+        out.print(f"{'fits' if result['plan']['fits'] else 'does not fit'} risk={result['plan']['risk']}")
+    else:
+        _render_kv(result)
+    raise typer.Exit(0 if result["plan"]["fits"] else 1)
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**30:,.2f} GiB"
+
+
+def _render_kv(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    plan = result["plan"]
+    table = Table(title=f"{result['model']} ({result['attention']}) on {result['device']}", show_header=False)
+    rows = [
+        ("KV bytes per token", f"{plan['kv_bytes_per_token']:,}"),
+        ("KV cache", _gib(plan["kv_bytes"])),
+        ("weights", _gib(plan["weights_bytes"])),
+        ("activations + logits", _gib(plan.get("activation_bytes", 0) + plan.get("logits_bytes", 0))),
+        ("total per device", _gib(plan["total_bytes"])),
+        ("usable device memory", _gib(plan["device_bytes"])),
+        ("fits", "yes" if plan["fits"] else "[bold red]no[/]"),
+        ("risk", plan["risk"]),
+        ("largest context at this batch", "unbounded" if plan["max_context"] is None else f"{plan['max_context']:,}"),
+        ("largest batch at this context", f"{plan['max_batch']:,}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    colours = {"fail": "red", "warn": "yellow", "info": "cyan", "pass": "green", "skip": "dim"}
+    for finding in result["findings"]:
+        if finding["status"] == "pass":
+            continue
+        colour = colours.get(finding["status"], "white")
+        out.print(f"[{colour}]{finding['status']}[/] {finding['message']}", highlight=False)
+        if finding.get("fix"):
+            out.print(f"  fix: {finding['fix']}", highlight=False)
+
+
+@app.command()
+def check(
+    checkpoint: Checkpoint = None,
+    profile: ProfileOpt = "default",
+    junitxml: Annotated[Path | None, typer.Option(help="Write JUnit XML here (pytest --junitxml).")] = None,
+    pytest_args: Annotated[list[str] | None, typer.Argument(help="Extra pytest arguments after --.",
+                                                            show_default=False)] = None,
+) -> None:
+    """Run the probes test suite on a checkpoint: one pytest test per finding, fail = test failure."""
+    import subprocess
+
+    import workbench.probes
+
+    probes_dir = Path(workbench.probes.__file__).parent
+    command = [sys.executable, "-m", "pytest", str(probes_dir), "-p", "no:cacheprovider",
+               "--profile", profile, "-q"]
+    if checkpoint is not None:
+        command += ["--checkpoint", checkpoint]
+    if junitxml is not None:
+        command += [f"--junitxml={junitxml}"]
+    command += list(pytest_args or [])
+    code = subprocess.call(command)
+    raise typer.Exit(0 if code == 0 else (1 if code == 1 else 2))
+
+
+@zoo_app.command("build")
+def zoo_build(
+    folder: Annotated[Path, typer.Argument(help="Where to write one checkpoint folder per member.")],
+    only: Annotated[list[str] | None, typer.Option(help="Build only these members.")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Train the zoo on CPU (tiny models, about a minute in all) into FOLDER."""
+    from workbench import zoo
+
+    names = list(only) if only else list(zoo.MEMBERS)
+    unknown = [n for n in names if n not in zoo.MEMBERS]
+    if unknown:
+        raise _fail_input(f"unknown zoo member {unknown[0]!r}; members: {', '.join(zoo.MEMBERS)}")
+    with err.status("training") as status:
+        paths = zoo.build_all(folder, names=names, seed=seed,
+                              progress=lambda message: status.update(str(message)))
+    for name, path in paths.items():
+        out.print(f"{name:20s} {path}  [dim]{zoo.MEMBERS[name].description}[/]", highlight=False)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the zoo members and what each one demonstrates."""
+    from workbench import zoo
+
+    for name, spec in zoo.MEMBERS.items():
+        out.print(f"[bold]{name}[/]: {spec.description}", highlight=False)
+
+
+@app.command()
+def devices() -> None:
+    """List the device catalog used by `workbench kv` and the KV analyzer."""
+    from rich.table import Table
+
+    from workbench.profiles import get_device, list_devices
+
+    table = Table("device", "memory", "bandwidth", "peak bf16", "source", title="Device catalog")
+    for name in list_devices():
+        device = get_device(name)
+        data = device.to_dict()
+        bandwidth = data.get("bandwidth_bytes_per_second") or data.get("bandwidth")
+        peak = data.get("peak_bf16_flops") or data.get("bf16_flops")
+        table.add_row(name, f"{device.memory_bytes / 2**30:.0f} GiB",
+                      f"{bandwidth / 1e12:.2f} TB/s" if bandwidth else "-",
+                      f"{peak / 1e12:.0f} TFLOP/s" if peak else "-", str(data.get("source", ""))[:60])
+    out.print(table)
+
+
+@app.command()
+def profiles() -> None:
+    """List the run profiles and the architecture profiles that ship with the workbench."""
+    from workbench.profiles import get_architecture_profile, list_architectures, list_profiles, load_profile
+
+    out.print("[bold]Run profiles[/] (--profile NAME):")
+    for name in list_profiles():
+        out.print(f"  {name:10s} {load_profile(name).description}", highlight=False)
+    out.print("[bold]Architecture profiles[/] (workbench kv NAME):")
+    for name in list_architectures():
+        arch = get_architecture_profile(name)
+        out.print(f"  {name:16s} {arch.hf_id or ''}", highlight=False)
 
 
 def main() -> None:
-    print("workbench")
+    app()
+
+
+if __name__ == "__main__":
+    main()

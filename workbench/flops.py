@@ -83,7 +83,9 @@ def _mlp_flops(config: DecoderConfig, tokens: int, d_hidden: int) -> int:
     return 2 * tokens * matrices * config.d_model * d_hidden
 
 
-def layer_flops(config: DecoderConfig, layer: int, batch: int, seq_len: int, past_len: int = 0) -> dict[str, int]:
+def layer_flops(
+    config: DecoderConfig, layer: int, batch: int, seq_len: int, past_len: int = 0
+) -> dict[str, int]:
     """FLOPs of block ``layer`` for ``batch`` x ``seq_len`` new tokens, by component."""
     tokens = batch * seq_len
     d_model, heads, kv_heads, d_head = config.d_model, config.n_heads, config.kv_heads, config.d_head

@@ -19,6 +19,8 @@ Names may also be given as a predicate ``lambda name: name.endswith("hook_resid_
 from __future__ import annotations
 
 import contextlib
+import sys
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -89,3 +91,17 @@ def hooks(model: nn.Module, fwd_hooks: Sequence[tuple[HookSelector, HookFn]]) ->
 def attached_hook_count(model: nn.Module) -> int:
     """How many forward hooks are attached anywhere in ``model`` (0 after every ``with hooks``)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``workbench.hooks(model, ...)`` work although ``workbench.hooks`` is this module.
+
+    Importing a submodule binds it to the package attribute of the same name, which shadows the
+    lazily exported context manager as soon as anything imports ``workbench.hooks``.
+    """
+
+    def __call__(self, model: nn.Module, fwd_hooks: Sequence[tuple[HookSelector, HookFn]]):
+        return hooks(model, fwd_hooks)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -110,6 +110,11 @@ class HookedDecoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        # After accelerate's dispatch an offloaded embedding sits on "meta"; inputs belong on
+        # the execution device accelerate's root hook moves them to.
+        hook = getattr(self, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
         return self.embed.weight.device
 
     @property
@@ -177,7 +182,9 @@ class HookedDecoder(nn.Module):
         if self.config.positions == "rope":
             inv_freq = self.rope_inv_freq
             if self.config.rope_scaling is not None and self.config.rope_scaling.kind == "dynamic":
-                inv_freq, _ = rope_inv_freq(self.config, seq_len=int(key_index.shape[0]))
+                # transformers grows the base with the largest position in this forward
+                seq_len = int(position_ids.max()) + 1
+                inv_freq = rope_inv_freq(self.config, seq_len=seq_len)[0].to(device)
             ctx.cos, ctx.sin = rope_cos_sin(
                 inv_freq, position_ids, self.rope_attention_factor, self.dtype
             )

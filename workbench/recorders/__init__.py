@@ -63,7 +63,7 @@ def record(
     patterns: list[PatternRequest] | None = None,
     pattern_budget_bytes: int = 32 * 2**20,
     lens: bool = True,
-    lens_positions: int = 512,
+    lens_positions: int = 64,
 ) -> Iterator[Recording]:
     """Record the forward(s) run inside the block; see the module docstring."""
     from workbench.hooks import hooks

@@ -43,6 +43,7 @@ class PatternRequest:
     stop: int = 64
 
 
+@torch.no_grad()
 def chunk_statistics(
     probs: torch.Tensor,
     visible: torch.Tensor,
@@ -70,9 +71,12 @@ def chunk_statistics(
         logits = scores.float()
     else:
         logits = torch.log(p.clamp_min(torch.finfo(torch.float32).tiny))
-    logits = logits.masked_fill(~visible, 0.0)
-    mean = logits.sum(-1) / n_visible
-    var = (logits.square().sum(-1) / n_visible - mean.square()).clamp_min(0)
+    hidden = ~visible
+    mean = logits.masked_fill(hidden, 0.0).sum(-1) / n_visible
+    # Two passes (centre, then square): E[x^2] - E[x]^2 cancels catastrophically when the
+    # spread is small next to the mean, as it is for log-probabilities (mean about -log S).
+    centred = (logits - mean[..., None]).masked_fill_(hidden, 0.0)
+    var = centred.square_().sum(-1) / n_visible
     logit_std = torch.where(n_visible > 1, var.sqrt(), torch.nan)
     return {
         "entropy": entropy,
@@ -170,25 +174,31 @@ class AttentionRecorder:
         self.pattern_budget_bytes = pattern_budget_bytes
         self.chunk_bytes = chunk_bytes
         self.record: AttentionRecord | None = None
+        self._chunk_sizes: list[int] = []  # each module's chunk_size when attached, restored after
         self._start()
 
     def attach(self) -> None:
-        for attn in self.model.attention_modules():
+        modules = self.model.attention_modules()
+        self._chunk_sizes = [attn.chunk_size for attn in modules]
+        for attn in modules:
             attn.observer = self.observe
         self._tokens = 0
 
     def detach(self) -> None:
-        for attn in self.model.attention_modules():
+        # Only the modules attach() saw (none when it never ran).
+        for attn, chunk_size in zip(self.model.attention_modules(), self._chunk_sizes, strict=False):
             attn.observer = None
-            attn.chunk_size = 256
+            attn.chunk_size = chunk_size
 
     def set_sequence(self, batch: int, n_tokens: int, n_keys: int) -> None:
-        """Size the chunks for this forward so temporaries stay under ``chunk_bytes``."""
+        """Size the chunks for this forward so temporaries stay under ``chunk_bytes``; a module's
+        own ``chunk_size`` (as it was when attached) is kept as an upper bound."""
         heads = self.config.n_heads
         rows = max(8, self.chunk_bytes // max(1, batch * heads * n_keys * 4 * 4))
-        for attn in self.model.attention_modules():
-            attn.chunk_size = int(min(n_tokens, rows))
+        for attn, chunk_size in zip(self.model.attention_modules(), self._chunk_sizes, strict=True):
+            attn.chunk_size = int(max(1, min(n_tokens, rows, chunk_size)))
 
+    @torch.no_grad()
     def observe(self, chunk: AttentionChunk) -> None:
         B, H, c, S = chunk.probs.shape
         layer = chunk.layer

@@ -118,7 +118,7 @@ def logit_lens(
 class ResidualRecorder:
     """Hooks the block boundaries of a HookedDecoder and reduces them as the forward runs."""
 
-    def __init__(self, model: Any, lens: bool = True, lens_positions: int = 512) -> None:
+    def __init__(self, model: Any, lens: bool = True, lens_positions: int = 64) -> None:
         self.model = model
         self.lens = lens
         self.lens_limit = lens_positions

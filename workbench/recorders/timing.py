@@ -28,6 +28,7 @@ carries device time from the kernels themselves.
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ ForwardFn = Callable[[nn.Module, torch.Tensor], Any]
 
 FORWARD_RANGE = "workbench.forward"  # wraps each profiled forward call
 _RANGE_PATTERN = re.compile(r"^blocks\.(\d+)(\.attn|\.mlp|\.mlp\.router)?$")
-_STEP_PREFIX = "ProfilerStep#"
+_STEP_PREFIX = "ProfilerStep"  # "ProfilerStep#3" in events, "ProfilerStep*" once averaged
 
 
 @dataclass
@@ -183,11 +184,9 @@ def _timed_runs(run: Callable[[], Any], device: torch.device, count: int) -> lis
     return seconds
 
 
-def _per_step(value: float, steps: int) -> float:
-    return value / steps
-
-
-def _top_ops(events: Any, steps: int, limit: int, exclude: set[str], with_device: bool) -> list[dict[str, Any]]:
+def _top_ops(
+    events: Any, steps: int, limit: int, exclude: set[str], with_device: bool
+) -> list[dict[str, Any]]:
     rows = []
     for avg in events.key_averages():
         if avg.key in exclude or avg.key.startswith(_STEP_PREFIX):
@@ -196,12 +195,12 @@ def _top_ops(events: Any, steps: int, limit: int, exclude: set[str], with_device
         row: dict[str, Any] = {
             "name": avg.key,
             "calls": int(calls) if calls.is_integer() else calls,
-            "self_cpu_us": _per_step(avg.self_cpu_time_total, steps),
-            "cpu_total_us": _per_step(avg.cpu_time_total, steps),
+            "self_cpu_us": avg.self_cpu_time_total / steps,
+            "cpu_total_us": avg.cpu_time_total / steps,
         }
         if with_device:
-            row["self_cuda_us"] = _per_step(avg.self_device_time_total, steps)
-            row["cuda_total_us"] = _per_step(avg.device_time_total, steps)
+            row["self_cuda_us"] = avg.self_device_time_total / steps
+            row["cuda_total_us"] = avg.device_time_total / steps
         rows.append(row)
     rows.sort(key=lambda row: row["self_cpu_us"], reverse=True)
     return rows[:limit]
@@ -213,10 +212,10 @@ def _range_durations(events: Any, names: set[str], steps: int) -> dict[str, floa
     for event in events:
         if event.name in durations and event.device_type == torch.autograd.DeviceType.CPU:
             durations[event.name] += event.time_range.elapsed_us()
-    return {name: _per_step(us, steps) for name, us in durations.items()}
+    return {name: us / steps for name, us in durations.items()}
 
 
-def _components(durations: dict[str, float], model: nn.Module) -> dict[str, Any]:
+def _components(durations: dict[str, float]) -> dict[str, Any]:
     layers = sorted({int(m.group(1)) for name in durations if (m := _RANGE_PATTERN.match(name))})
     rows = []
     for layer in layers:
@@ -237,7 +236,10 @@ def _components(durations: dict[str, float], model: nn.Module) -> dict[str, Any]
                 "block_us": block,
             }
         )
-    totals = {key: sum(row[key] for row in rows) for key in ("attn_us", "mlp_us", "router_us", "other_us", "block_us")}
+    totals = {
+        key: sum(row[key] for row in rows)
+        for key in ("attn_us", "mlp_us", "router_us", "other_us", "block_us")
+    }
     totals["forward_us"] = durations.get(FORWARD_RANGE, 0.0)
     totals["outside_blocks_us"] = totals["forward_us"] - totals["block_us"]
     return {"per_layer": rows, "totals": totals}
@@ -293,8 +295,11 @@ def profile_forward(
     def on_trace_ready(prof: profile) -> None:
         captured["events"] = prof.events()
         if trace_dir is not None:
+            # Kineto saves a trace once, so the plain copy is taken from the file the handler wrote.
             tensorboard_trace_handler(str(trace_dir))(prof)
-            prof.export_chrome_trace(str(chrome_trace))
+            written = sorted(set(trace_dir.glob("*.pt.trace.json")) - written_before)
+            shutil.copyfile(written[-1], chrome_trace)
+            captured["tensorboard_traces"] = written
 
     profiled_seconds = []
     with profiler_ranges(model) as names:
@@ -324,9 +329,6 @@ def profile_forward(
     wall_seconds = statistics.median(wall_runs)
     achieved = flop_count.total / wall_seconds if flop_count is not None and wall_seconds > 0 else None
     fraction = achieved / peak_flops if achieved is not None and peak_flops else None
-    tensorboard_traces = []
-    if trace_dir is not None:
-        tensorboard_traces = sorted(set(trace_dir.glob("*.pt.trace.json")) - written_before)
     return TimingRecord(
         run_name=run_name,
         device=str(device),
@@ -338,7 +340,7 @@ def profile_forward(
         wall_seconds_runs=wall_runs,
         profiled_wall_seconds=statistics.fmean(profiled_seconds),
         top_ops=_top_ops(events, steps, top_ops, set(names) | {FORWARD_RANGE}, on_cuda),
-        components=_components(durations, model),
+        components=_components(durations),
         flops=None if flop_count is None else flop_count.total,
         flops_breakdown=None if flop_count is None else flop_count.breakdown,
         achieved_flops_per_second=achieved,
@@ -346,6 +348,6 @@ def profile_forward(
         fraction_of_peak=fraction,
         out_dir=out_dir,
         trace_dir=trace_dir,
-        tensorboard_traces=tensorboard_traces,
+        tensorboard_traces=captured.get("tensorboard_traces", []),
         chrome_trace=chrome_trace,
     )

@@ -1,0 +1,469 @@
+"""nnsight backend: the workbench's records from a transformers model the decoder does not implement.
+
+``record_hf(hf_model, input_ids)`` runs one forward of a transformers causal LM under
+``nnsight.NNsight(hf_model).trace(...)`` and returns the same :class:`~workbench.recorders.Recording`
+that :func:`workbench.record` gives for the hooked decoder. The reductions are the recorders' own
+(:func:`~workbench.recorders.attention.chunk_statistics` through
+:class:`~workbench.recorders.attention.AttentionRecorder`,
+:func:`~workbench.recorders.residual.write_stats`, :func:`~workbench.recorders.residual.logit_lens`,
+:func:`~workbench.recorders.routing.accumulate`, :func:`~workbench.recorders.loss.chunked_loss`), so
+on a family both paths load the numbers agree by construction, up to float error.
+
+What is read, found generically (no model names; see :func:`describe`):
+
+* the decoder layers: the longest ``nn.ModuleList`` whose every item has an attention child
+  (``model.layers``, ``transformer.h``, ``gpt_neox.layers`` ...);
+* per layer: its input (``resid_pre``), the attention child's output ``(attn_out, weights)``, the
+  MLP child's output (``mlp_out``), the layer's output (``resid_post``), and inside MoE blocks the
+  router (a ``gate``/``router`` child with one weight row per expert);
+* the final norm (the last norm module beside the layer list) and ``get_output_embeddings()``
+  for the logit lens and the loss.
+
+Mapping to the hooked decoder's names: ``resid_mid`` is taken as ``resid_pre + attn_out`` (true in
+sequential blocks; in parallel-residual blocks such as GPT-NeoX's it is the stream plus the
+attention write, which the MLP does not read). Models with post-sublayer norms (Gemma 2, OLMo 2)
+write something other than the sublayer outputs; :func:`describe` cannot see that, and the write
+statistics then describe the sublayer outputs before those norms.
+
+Attention weights: only "eager" attention returns them, so when attention is recorded the model
+is switched to ``attn_implementation="eager"`` for the traced forward and switched back after
+(load with ``attn_implementation="eager"`` to skip the switch). Eager attention materialises one
+layer's ``[B, H, T, T]`` weights; the backend reduces them in query chunks inside the trace, as the
+layer runs, and keeps nothing of that size: peak extra memory is one layer's pattern (which eager
+attention allocates anyway), never ``layers x`` it. The visible-key mask is rebuilt as the
+decoder builds it (causal, plus padding from ``attention_mask`` and the config's sliding window per
+layer); a layer whose weights put mass on keys that mask hides raises :class:`BackendError`.
+
+Logit lens and loss decode the final norm's output with the output embedding; models that
+post-process logits (soft-capping, a logit scale) are decoded without that step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.attention import AttentionChunk, ForwardContext
+from workbench.recorders import Recording
+from workbench.recorders.attention import AttentionRecorder, PatternRequest
+from workbench.recorders.loss import LossRecord, chunked_loss
+from workbench.recorders.residual import STATS as RESIDUAL_STATS
+from workbench.recorders.residual import ResidualRecord, lens_positions, logit_lens, write_stats
+from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
+
+MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe")
+ROUTER_NAMES = ("gate", "router")
+# Probability on keys the rebuilt mask hides above this means the mask is not the model's.
+MASK_LEAK_TOLERANCE = 1e-4
+
+
+class BackendError(ValueError):
+    """A transformers model whose structure or outputs the backend cannot read."""
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """Where the parts of one decoder layer are, as attribute paths relative to the layer."""
+
+    index: int
+    attention: str
+    mlp: str | None
+    router: str | None  # e.g. "mlp.gate"; None for a dense layer
+    window: int | None  # sliding window of this layer's attention (None: full causal)
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """The generic description of a transformers decoder the backend records from."""
+
+    layers_path: str  # e.g. "model.layers"
+    layers: tuple[LayerParts, ...]
+    final_norm_path: str  # e.g. "model.norm"
+    n_heads: int
+    d_head: int
+    scale: float
+    n_experts: int
+    top_k: int
+    norm_topk_prob: bool
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def _class_name(module: nn.Module) -> str:
+    return type(module).__name__.lower()
+
+
+def _attention_child(layer: nn.Module) -> str | None:
+    for name, child in layer.named_children():
+        if "attention" in _class_name(child) and "norm" not in _class_name(child):
+            return name
+    return None
+
+
+def _mlp_child(layer: nn.Module, attention: str) -> str | None:
+    for name, _child in layer.named_children():
+        if name != attention and name in MLP_NAMES:
+            return name
+    for name, child in layer.named_children():
+        kind = _class_name(child)
+        if name != attention and any(word in kind for word in ("mlp", "moe", "feedforward", "experts")):
+            return name
+    return None
+
+
+def _router(layer: nn.Module, mlp: str | None, n_experts: int) -> str | None:
+    """The module inside the MLP that scores every expert: one weight row per expert."""
+    if mlp is None or n_experts == 0:
+        return None
+    for name, module in getattr(layer, mlp).named_modules():
+        if not name:
+            continue
+        named_like = name.split(".")[-1] in ROUTER_NAMES or "router" in _class_name(module)
+        weight = getattr(module, "weight", None)
+        if named_like and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts:
+            return f"{mlp}.{name}"
+    return None
+
+
+def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The longest ``nn.ModuleList`` whose items all have an attention child, and its path."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if all(_attention_child(item) is not None for item in module):
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise BackendError(
+            f"{type(model).__name__}: no list of decoder layers found (an nn.ModuleList of modules "
+            "that each have an attention child)"
+        )
+    return best
+
+
+def _final_norm(model: nn.Module, layers_path: str) -> str:
+    parent_path = layers_path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    norms = [name for name, child in parent.named_children() if "norm" in _class_name(child)]
+    if not norms:
+        raise BackendError(f"{type(model).__name__}: no final norm beside {layers_path}")
+    return f"{parent_path}.{norms[-1]}" if parent_path else norms[-1]
+
+
+def _text_config(model: nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _first(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _windows(config: Any, n_layers: int) -> list[int | None]:
+    """Per-layer sliding window from ``sliding_window`` and ``layer_types`` (transformers 5)."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return [None] * n_layers
+    types = getattr(config, "layer_types", None)
+    if types:
+        return [window if kind == "sliding_attention" else None for kind in types[:n_layers]]
+    return [int(window)] * n_layers
+
+
+def describe(hf_model: nn.Module) -> HFLayout:
+    """Find the decoder layers, their parts, the final norm and the head sizes of ``hf_model``."""
+    layers_path, layers = find_layers(hf_model)
+    if getattr(hf_model, "config", None) is None:
+        raise BackendError(f"{type(hf_model).__name__}: not a transformers model (it has no config)")
+    config = _text_config(hf_model)
+    n_experts = int(_first(config, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
+                           default=0))
+    top_k = int(_first(config, "num_experts_per_tok", "moe_topk", "top_k", default=0))
+    windows = _windows(config, len(layers))
+    parts = []
+    for index, layer in enumerate(layers):
+        attention = _attention_child(layer)
+        mlp = _mlp_child(layer, attention)
+        parts.append(LayerParts(index, attention, mlp, _router(layer, mlp, n_experts), windows[index]))
+    n_heads = int(_first(config, "num_attention_heads", "n_head", "num_heads"))
+    d_head = int(_first(config, "head_dim", default=0) or _first(config, "hidden_size", "n_embd") // n_heads)
+    scale = getattr(getattr(layers[0], parts[0].attention), "scaling", None)
+    return HFLayout(
+        layers_path=layers_path,
+        layers=tuple(parts),
+        final_norm_path=_final_norm(hf_model, layers_path),
+        n_heads=n_heads,
+        d_head=d_head,
+        scale=float(scale) if isinstance(scale, int | float) else d_head**-0.5,
+        n_experts=n_experts,
+        top_k=top_k,
+        norm_topk_prob=bool(getattr(config, "norm_topk_prob", True)),
+    )
+
+
+def _envoy(root: Any, path: str) -> Any:
+    """The nnsight envoy at a dotted module path (``"model.layers"``, ``"mlp.gate"``)."""
+    for part in path.split(".") if path else []:
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+@contextlib.contextmanager
+def eager_attention(hf_model: nn.Module, needed: bool) -> Iterator[None]:
+    """Switch ``hf_model`` to eager attention (which returns its weights) for the block."""
+    config = hf_model.config
+    before = getattr(config, "_attn_implementation", None)
+    switch = needed and before not in (None, "eager")
+    if switch:
+        hf_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            hf_model.set_attn_implementation(before)
+
+
+class _Collector:
+    """Reduces what the trace hands over, layer by layer, into the recorders' state."""
+
+    def __init__(
+        self,
+        layout: HFLayout,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attention: bool,
+        patterns: list[PatternRequest] | None,
+        pattern_budget_bytes: int,
+        chunk_bytes: int,
+        samples: int = 32,
+    ) -> None:
+        self.layout = layout
+        B, T = input_ids.shape
+        self.batch, self.n_tokens = B, T
+        self.attention_mask = attention_mask
+        self.chunk_bytes = chunk_bytes
+        self.samples = samples
+        self._masks: dict[int | None, torch.Tensor] = {}
+        self.attention = None
+        if attention:
+            shape = SimpleNamespace(
+                n_layers=layout.n_layers, n_heads=layout.n_heads, d_head=layout.d_head, scale=layout.scale
+            )
+            self.attention = AttentionRecorder(
+                SimpleNamespace(config=shape), patterns, pattern_budget_bytes, chunk_bytes
+            )
+        self.write_stats: list[dict[str, torch.Tensor]] = []
+        self.residuals: list[torch.Tensor] = []
+        self.routing = {
+            part.index: LayerRouting(part.index, layout.n_experts, layout.top_k)
+            for part in layout.layers
+            if part.router is not None
+        }
+
+    def visible(self, window: int | None, device: torch.device) -> torch.Tensor:
+        """``(B or 1, 1, T, T)`` bool: the decoder's own mask (causal, window, padding)."""
+        if window not in self._masks:
+            index = torch.arange(self.n_tokens, device=device)
+            key_valid = None
+            if self.attention_mask is not None and not bool(self.attention_mask.all()):
+                key_valid = self.attention_mask.to(device=device, dtype=torch.bool)
+            ctx = ForwardContext(query_index=index, key_index=index, key_valid=key_valid)
+            self._masks[window] = ctx.visible_or_causal(window)
+        return self._masks[window]
+
+    def observe_attention(self, part: LayerParts, weights: torch.Tensor | None) -> None:
+        if weights is None:
+            raise BackendError(
+                f"layer {part.index}: the attention module returned no weights; load the model with "
+                'attn_implementation="eager"'
+            )
+        B, H, T, S = weights.shape
+        visible_all = self.visible(part.window, weights.device)
+        query_index = torch.arange(T, device=weights.device)
+        # The same row budget as AttentionRecorder.set_sequence: temporaries under chunk_bytes.
+        rows = int(min(T, max(8, self.chunk_bytes // max(1, B * H * S * 4 * 4))))
+        for start in range(0, T, rows):
+            stop = min(start + rows, T)
+            probs, visible = weights[:, :, start:stop], visible_all[:, :, start:stop]
+            leak = float(probs.float().masked_fill(visible, 0.0).sum(-1).max())
+            if leak > MASK_LEAK_TOLERANCE:
+                raise BackendError(
+                    f"layer {part.index}: attention puts {leak:.3g} of its weight on keys the causal"
+                    f"{'/window' if part.window else ''}/padding mask hides: this model masks attention "
+                    "in a way the backend does not know"
+                )
+            # scores=None: chunk_statistics takes the logit spread from log-probabilities.
+            self.attention.observe(
+                AttentionChunk(part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale)
+            )
+
+    def observe_router(self, part: LayerParts, output: Any) -> None:
+        """Router output: transformers 5's ``(logits, scores, indices)`` or bare logits."""
+        B, T = self.batch, self.n_tokens
+        E, k = self.layout.n_experts, self.layout.top_k
+        if isinstance(output, tuple) and len(output) == 3:
+            logits, weights, indices = output
+        else:
+            logits = output[0] if isinstance(output, tuple) else output
+            probs = torch.softmax(logits.float(), dim=-1)
+            weights, indices = torch.topk(probs, k, dim=-1)
+            if self.layout.norm_topk_prob:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
+        accumulate(
+            self.routing[part.index],
+            logits.reshape(B, T, E),
+            indices.reshape(B, T, k),
+            weights.reshape(B, T, k).float(),
+            self.samples,
+        )
+
+    def observe_residual(
+        self, resid_pre: torch.Tensor, attn_out: torch.Tensor, mlp_out: torch.Tensor | None,
+        resid_post: torch.Tensor, keep_for_lens: bool,
+    ) -> None:
+        resid_mid = resid_pre + attn_out
+        if mlp_out is None:  # no MLP child found: its write is what is left
+            mlp_out = resid_post - resid_mid
+        self.write_stats.append(write_stats(resid_pre, attn_out, resid_mid, mlp_out))
+        if keep_for_lens:
+            self.residuals.append(resid_post)
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """A module output's main tensor (the first item of a tuple output)."""
+    return value[0] if isinstance(value, tuple | list) else value
+
+
+def _hidden_states(inputs: tuple[tuple[Any, ...], dict[str, Any]]) -> torch.Tensor:
+    args, kwargs = inputs
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _forward_kwargs(hf_model: nn.Module, attention_mask: torch.Tensor | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    parameters = inspect.signature(hf_model.forward).parameters
+    if "use_cache" in parameters:
+        kwargs["use_cache"] = False
+    if "logits_to_keep" in parameters:  # the recorders decode in chunks; skip the [B, T, V] logits
+        kwargs["logits_to_keep"] = 1
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    return kwargs
+
+
+@torch.no_grad()
+def record_hf(
+    hf_model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    attention: bool = True,
+    residual: bool = True,
+    routing: bool = True,
+    loss: bool = True,
+    patterns: list[PatternRequest] | None = None,
+    pattern_budget_bytes: int = 32 * 2**20,
+    lens: bool = True,
+    lens_positions_limit: int = 512,
+    chunk_bytes: int = 64 * 2**20,
+) -> Recording:
+    """Record one forward of a transformers causal LM (or an ``NNsight`` wrapping one).
+
+    ``input_ids`` ``[B, T]``; ``attention_mask`` ``[B, T]`` (1 = token, 0 = padding). The records
+    are those of :func:`workbench.record` (routing is None for a dense model); see the module
+    docstring for what is read and how.
+    """
+    from nnsight import NNsight
+
+    if isinstance(hf_model, NNsight):
+        traced, hf_model = hf_model, hf_model._module
+    else:
+        traced = NNsight(hf_model)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
+    layout = describe(hf_model)
+    device = next(hf_model.parameters()).device
+    input_ids = input_ids.to(device)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+    collector = _Collector(
+        layout, input_ids, attention_mask, attention, patterns, pattern_budget_bytes, chunk_bytes
+    )
+    routing = routing and bool(collector.routing)
+    keep_lens = residual and lens
+    need_final = loss or keep_lens
+    saved_final: list[torch.Tensor] = []
+    with eager_attention(hf_model, attention), traced.trace(
+        input_ids, **_forward_kwargs(hf_model, attention_mask)
+    ):
+        layers = _envoy(traced, layout.layers_path)
+        # Read in execution order: layer input, attention, router, MLP, layer output.
+        for part in layout.layers:
+            layer = layers[part.index]
+            resid_pre = _hidden_states(layer.inputs) if residual else None
+            if attention or residual:
+                attn_output = _envoy(layer, part.attention).output
+                if attention:
+                    collector.observe_attention(part, attn_output[1] if isinstance(attn_output, tuple) else None)
+            if routing and part.router is not None:
+                collector.observe_router(part, _envoy(layer, part.router).output)
+            if residual:
+                mlp_out = _tensor(_envoy(layer, part.mlp).output) if part.mlp is not None else None
+                resid_post = _tensor(layer.output).save()
+                collector.observe_residual(resid_pre, _tensor(attn_output), mlp_out, resid_post, keep_lens)
+        if need_final:
+            saved_final.append(_tensor(_envoy(traced, layout.final_norm_path).output).save())
+    recording = Recording()
+    if attention:
+        recording.attention = collector.attention.finish()
+    final = saved_final[0] if saved_final else None
+    unembed = hf_model.get_output_embeddings()
+    if residual and collector.write_stats:
+        stats = {name: torch.stack([s[name] for s in collector.write_stats]) for name in RESIDUAL_STATS}
+        record = ResidualRecord(stats=stats, final_norm=final.float().norm(dim=-1).mean(0).cpu())
+        if keep_lens:
+            final_norm = hf_model.get_submodule(layout.final_norm_path)
+            positions = lens_positions(final.shape[1], lens_positions_limit)
+            record.lens_positions = positions
+            record.lens_kl, record.lens_top1 = logit_lens(
+                collector.residuals, final, final_norm, unembed, positions
+            )
+        recording.residual = record
+    if routing:
+        recording.routing = RoutingRecord({k: v for k, v in collector.routing.items() if v.load is not None})
+    if loss:
+        recording.loss = LossRecord(chunked_loss(final, input_ids, unembed))
+    return recording
+
+
+def attention_weights_bytes(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, dtype_bytes: int = 4) -> int:
+    """Bytes that keeping every layer's attention weights (``output_attentions``) holds."""
+    return n_layers * n_heads * batch * n_tokens * n_tokens * dtype_bytes
+
+
+__all__ = [
+    "BackendError",
+    "HFLayout",
+    "LayerParts",
+    "attention_weights_bytes",
+    "describe",
+    "eager_attention",
+    "find_layers",
+    "record_hf",
+]

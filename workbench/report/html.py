@@ -1,0 +1,252 @@
+"""report.html: one self-contained page over the report document, readable offline.
+
+``render_html(report)`` returns the page as a string. It inlines everything it needs: the CSS and
+script in ``assets/``, and plotly.js from the installed plotly package; nothing is fetched from
+the network (a Content-Security-Policy meta tag forbids it, and allows only the page's own two
+scripts, by hash).
+
+Safety, since model names, prompts and token strings are untrusted text:
+
+* the jinja2 environment autoescapes every ``{{ }}``;
+* chart data travels as JSON inside ``<script type="application/json">`` blocks, with ``<``, ``>``,
+  ``&`` and U+2028/2029 written as ``\\uXXXX`` escapes (:func:`script_json`) so no string can close
+  the block, and is read back with ``JSON.parse(textContent)``;
+* strings inside charts are escaped for Plotly's own markup (:func:`figures.plot_text`);
+* DOM ids are fixed strings chosen here, never derived from report data;
+* the page's script sets text through ``textContent`` and never uses ``innerHTML``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from workbench.findings import STATUS_ORDER, Where
+from workbench.report import figures as figs
+from workbench.report.schema import SECTIONS
+
+# Which report section shows which analyzer's findings (all findings are also in the table).
+SECTION_ANALYZERS: dict[str, tuple[str, ...]] = {
+    "attention": ("saturation", "attention"),
+    "residual": ("residual",),
+    "routing": ("routing_collapse", "routing"),
+    "length": ("length_extrapolation", "length"),
+    "kv": ("kv_memory", "kv_cache"),
+    "timing": ("timing",),
+}
+SECTION_TITLES = {
+    "attention": "Attention", "residual": "Residual stream", "routing": "Routing", "length": "Length",
+    "kv": "KV cache", "timing": "Timing",
+}  # fmt: skip
+TOKEN_STRIP_LIMIT = 512  # tokens listed under the pattern viewer
+
+
+def script_json(value: Any) -> str:
+    """JSON safe to place inside ``<script type="application/json">``: nothing in it can end the
+    element or open a comment, whatever the strings contain."""
+    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _asset(name: str) -> str:
+    return (resources.files("workbench.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """plotly.js as bundled with the installed plotly package (a few MB, read once)."""
+    from plotly.offline import get_plotlyjs
+
+    source = get_plotlyjs()
+    # Cannot occur in today's bundle; guards the inline <script> should a later one contain it.
+    return source.replace("</script", "<\\/script").replace("<!--", "<\\!--")
+
+
+def _csp_hash(script: str) -> str:
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("workbench.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=format_number, gib=format_bytes, us=format_us, where=where_text)
+    return env
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A number for people: thousands separators for big ones, ``digits`` significant digits
+    for small ones, an em dash for None."""
+    if value is None:
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 10 ** digits:
+            return f"{value:,.0f}"
+        if abs(value) >= 1e-3:
+            return f"{value:.{digits}g}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "\u2014"
+    if abs(value) >= 2**30:
+        return f"{value / 2**30:,.2f} GiB"
+    return f"{value / 2**20:,.1f} MiB"
+
+
+def format_us(value: float | None) -> str:
+    if value is None:
+        return "\u2014"
+    return f"{value / 1000:,.2f} ms" if abs(value) >= 1000 else f"{value:,.1f} \u00b5s"
+
+
+def where_text(where: dict[str, Any] | None) -> str:
+    """``L3 H5``, ``L2 E7 moe``, ``pos 0-512``, or ``model``."""
+    data = dict(where or {})
+    if data.get("positions") is not None:
+        data["positions"] = tuple(data["positions"])
+    known = {key: data.get(key) for key in ("layer", "head", "expert", "positions", "sublayer")}
+    return str(Where(**known))
+
+
+def value_text(finding: dict[str, Any]) -> str:
+    value, threshold = finding.get("value"), finding.get("threshold")
+    if value is None and threshold is None:
+        return ""
+    if threshold is None:
+        return format_number(value)
+    return f"{format_number(value)} vs {format_number(threshold)}"
+
+
+# --- page context --------------------------------------------------------------------------
+
+
+def sorted_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Most severe first (fail, warn, skip, info, pass), then by analyzer, check and place."""
+
+    def key(finding: dict[str, Any]) -> tuple[Any, ...]:
+        where = finding.get("where") or {}
+        place = tuple(where.get(k) if where.get(k) is not None else -1 for k in ("layer", "head", "expert"))
+        return (-STATUS_ORDER.get(finding["status"], 0), finding["analyzer"], finding["check"], place)
+
+    return sorted(findings, key=key)
+
+
+def _worst(statuses: list[str]) -> str | None:
+    return max(statuses, key=lambda s: STATUS_ORDER.get(s, 0)) if statuses else None
+
+
+def _link(path: Any) -> str | None:
+    """A relative path fit for ``href`` (inside the report folder), else None (shown as text)."""
+    if not isinstance(path, str) or not path or ":" in path or path.startswith(("/", "\\")):
+        return None
+    if ".." in path.replace("\\", "/").split("/"):
+        return None
+    return path
+
+
+def _token_strip(attention: dict[str, Any]) -> list[tuple[int, str]]:
+    labels = attention.get("token_labels") or []
+    extent = max(
+        (p["start"] + max(len(p["pattern"]), max((len(r) for r in p["pattern"]), default=0))
+         for p in attention.get("patterns") or []),
+        default=len(labels),
+    )  # fmt: skip
+    shown = min(len(labels), extent, TOKEN_STRIP_LIMIT)
+    return list(enumerate(labels[:shown]))
+
+
+def _sections(report: dict[str, Any], figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    findings = sorted_findings(report.get("findings") or [])
+    sections = {}
+    for name in SECTIONS:
+        own = [f for f in findings if f["analyzer"] in SECTION_ANALYZERS.get(name, ())]
+        sections[name] = {
+            "title": SECTION_TITLES[name],
+            "ran": report.get(name) is not None,
+            "figures": [key for key in figures if key.startswith(f"fig-{name}-")],
+            "findings": [f for f in own if f["status"] not in ("pass",)],
+            "n_pass": sum(f["status"] == "pass" for f in own),
+            "status": _worst([f["status"] for f in own]),
+        }
+    return sections
+
+
+def _trace_links(report: dict[str, Any]) -> list[dict[str, Any]]:
+    artifacts = report.get("artifacts") or {}
+    trace = ((report.get("timing") or {}).get("trace")) or {}
+    entries = [
+        ("TensorBoard run folder", artifacts.get("trace_dir") or trace.get("tensorboard_dir")),
+        ("Chrome trace (Perfetto, chrome://tracing)", artifacts.get("chrome_trace") or trace.get("chrome_trace")),
+    ]
+    return [{"label": label, "path": path, "href": _link(path)} for label, path in entries if path]
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report page for a (valid, JSON-ready) report document."""
+    figures = figs.all_figures(report)
+    attention = report.get("attention") or {}
+    patterns = figs.pattern_figures(attention) if attention else []
+    page_js = _asset("report.js")
+    bundle = plotly_js()
+    routing_rows = [
+        {**layer, **figs.routing_summary(layer)} for layer in (report.get("routing") or {}).get("layers", [])
+    ]
+    timing = report.get("timing") or {}
+    top_self = sum(op.get("self_cpu_us") or 0 for op in timing.get("top_ops") or [])
+    context = {
+        "report": report,
+        "tool": report["tool"],
+        "run": report["run"],
+        "model": report["model"],
+        "summary": report["summary"],
+        "findings": sorted_findings(report.get("findings") or []),
+        "statuses": sorted(STATUS_ORDER, key=STATUS_ORDER.__getitem__, reverse=True),
+        "sections": _sections(report, figures),
+        "value_text": value_text,
+        "pretty_json": lambda value: json.dumps(value, indent=2, sort_keys=True),
+        "pattern_options": [
+            f"L{p['layer']} H{p['head']} \u00b7 queries {p['start']}\u2013{p['start'] + len(p['pattern']) - 1}"
+            for p in attention.get("patterns") or []
+        ],
+        "token_strip": _token_strip(attention) if attention else [],
+        "routing_rows": routing_rows,
+        "top_self_us": top_self,
+        "trace_links": _trace_links(report),
+        # Markup: inserted verbatim. script_json output cannot leave its element, the others are
+        # the package's own files.
+        "figures_json": Markup(script_json(figures)),
+        "patterns_json": Markup(script_json(patterns)),
+        "plotly_js": Markup(bundle),
+        "page_js": Markup(page_js),
+        "css": Markup(_asset("report.css")),
+        "script_hashes": f"{_csp_hash(bundle)} {_csp_hash(page_js)}",
+    }
+    return _environment().get_template("report.html.j2").render(context)

@@ -1,0 +1,216 @@
+"""Write one run's report folder atomically: report.json, report.html, traces, extra files.
+
+A report folder appears whole or not at all. Everything is written into a hidden temporary
+sibling ``<root>/.<name>.tmp-<random>`` on the same filesystem, then renamed into place::
+
+    reports/<model-slug>-<UTC YYYYMMDDTHHMMSSZ>/
+        report.json      the document (schema.py; sort_keys, indent 2, no NaN)
+        report.html      the self-contained view of it (html.py)
+        trace/<run>/     profiler traces, copied from ``trace_source``
+
+Two runs never overwrite each other: the final name is claimed with ``os.mkdir`` (exclusive;
+``-2``, ``-3``, ... are tried when it exists) and the finished temporary folder is then renamed
+onto that empty claim, which POSIX ``rename`` replaces atomically. On any exception, including
+KeyboardInterrupt, the temporary folder and the claim are removed and the exception re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import unicodedata
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from workbench.report.schema import validate
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+TRACE_DIR = "trace"
+_MAX_SUFFIX = 10_000
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+class ReportError(ValueError):
+    """A report that cannot be written (invalid document, bad extra file name)."""
+
+
+def slug(name: str, max_length: int = 64, fallback: str = "model") -> str:
+    """A lower-case name safe for one path component: ``[a-z0-9._-]``, no leading or trailing
+    dot, dash or underscore, no ``..``, no Windows device name, at most ``max_length`` chars.
+
+    ``"HuggingFaceTB/SmolLM2-135M"`` -> ``"huggingfacetb-smollm2-135m"``; ``"../../etc"`` ->
+    ``"etc"``; a name with nothing usable -> ``fallback``.
+    """
+    text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
+    text = re.sub(r"\.{2,}", ".", text)
+    text = re.sub(r"-{2,}", "-", text).strip("-._")
+    text = text[:max_length].strip("-._")
+    if not text:
+        return fallback
+    if text.split(".")[0] in _WINDOWS_RESERVED:
+        text = f"{fallback}-{text}"[:max_length]
+    return text
+
+
+def utc_stamp(when: str | datetime | None = None) -> str:
+    """``YYYYMMDDTHHMMSSZ`` for an ISO time string or datetime (naive = UTC; None = now)."""
+    moment: datetime | None = None
+    if isinstance(when, datetime):
+        moment = when
+    elif isinstance(when, str):
+        try:
+            moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None:
+        moment = datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def folder_name(report: dict[str, Any]) -> str:
+    """``<model-slug>-<UTC stamp of run.created_utc>``."""
+    model = report.get("model") or {}
+    run = report.get("run") or {}
+    return f"{slug(model.get('name', 'model'))}-{utc_stamp(run.get('created_utc'))}"
+
+
+def to_jsonable(value: Any) -> Any:
+    """A copy of ``value`` that JSON can hold: NaN and infinities -> None, tuples -> lists,
+    paths -> POSIX strings, dict keys -> strings. Other types are left for :func:`validate`."""
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, PurePosixPath | Path):
+        return value.as_posix()
+    return value
+
+
+def dumps(report: dict[str, Any]) -> str:
+    """The report as report.json text (sorted keys, indent 2, NaN refused, trailing newline)."""
+    text = json.dumps(report, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
+    return text + "\n"
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in path.parts):
+        raise ReportError(f"extra file name must be a plain relative path, got {name!r}")
+    if path.as_posix() in (REPORT_JSON, REPORT_HTML):
+        raise ReportError(f"extra file {name!r} would replace the report itself")
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _make_temp(root: Path, name: str) -> Path:
+    """``root/.<name>.tmp-<random>``, created with the process umask (so the final folder gets
+    ordinary permissions)."""
+    for _ in range(100):
+        candidate = root / f".{name}.tmp-{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ReportError(f"cannot create a temporary folder in {root}")
+
+
+def _claim(root: Path, name: str) -> Path:
+    """Create (exclusively) the first free folder among ``name``, ``name-2``, ``name-3``, ..."""
+    for index in range(1, _MAX_SUFFIX):
+        candidate = root / (name if index == 1 else f"{name}-{index}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ReportError(f"{root / name}: {_MAX_SUFFIX} folders of that name already exist")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_report(
+    report: dict[str, Any],
+    out_dir: Path | None,
+    reports_root: Path = Path("reports"),
+    extra_files: dict[str, bytes | Path] | None = None,
+    trace_source: Path | None = None,
+) -> Path:
+    """Validate ``report``, render it, and write its folder atomically; returns the folder.
+
+    ``out_dir`` None: ``reports_root/<model-slug>-<UTC stamp>``. Otherwise ``out_dir`` itself.
+    Either way an existing folder is never touched: ``-2``, ``-3``, ... are appended instead.
+    ``extra_files`` maps relative names to bytes or to a file to copy; ``trace_source`` is a
+    folder (the ``trace/`` that ``recorders.timing.profile_forward`` wrote) copied to ``trace/``.
+    Raises :class:`ReportError` for an invalid document, before anything is created.
+    """
+    from workbench.report.html import render_html
+
+    clean = to_jsonable(report)
+    problems = validate(clean)
+    if problems:
+        raise ReportError("invalid report:\n  " + "\n  ".join(problems))
+    extras = {_safe_relative(name): source for name, source in (extra_files or {}).items()}
+    if trace_source is not None and not Path(trace_source).is_dir():
+        raise ReportError(f"trace_source {trace_source} is not a folder")
+    json_text = dumps(clean)
+    html_text = render_html(clean)
+
+    if out_dir is None:
+        root, name = Path(reports_root), folder_name(clean)
+    else:
+        root, name = Path(out_dir).parent, Path(out_dir).name
+        if name in ("", ".", ".."):
+            raise ReportError(f"out_dir must name a folder, got {out_dir}")
+    root.mkdir(parents=True, exist_ok=True)
+    temp = _make_temp(root, name)
+    claim: Path | None = None
+    try:
+        _write_bytes(temp / REPORT_JSON, json_text.encode("utf-8"))
+        _write_bytes(temp / REPORT_HTML, html_text.encode("utf-8"))
+        if trace_source is not None:
+            shutil.copytree(trace_source, temp / TRACE_DIR, dirs_exist_ok=True)
+        for relative, source in extras.items():
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            _write_bytes(temp.joinpath(*relative.parts), data)
+        claim = _claim(root, name)
+        os.rename(temp, claim)  # replaces the empty claim atomically
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        if claim is not None:
+            try:
+                claim.rmdir()  # only while it is still our empty claim
+            except OSError:
+                pass
+        raise
+    _fsync_dir(root)
+    return claim
