@@ -21,6 +21,7 @@ import math
 import pytest
 import torch
 import transformers
+from conftest import VOCAB, FamilyCase
 
 import workbench
 from workbench.hooks import attached_hook_count
@@ -29,53 +30,37 @@ from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.nnsight_backend import BackendError, describe, record_hf
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 
-VOCAB = 128
-T = 16
+T = 12
+# The families both paths load, chosen for what each exercises: GQA (llama), a sliding window on
+# every layer (mistral) or per layer_types (qwen2-window), MoE on every layer (mixtral) or mixed
+# with dense layers and a shared expert (qwen2_moe), ALiBi with the residual added inside the
+# sublayers (bloom), Conv1D weights and learned positions (gpt2).
+TWIN_CASES = ("llama", "mistral-window", "qwen2-window", "mixtral", "qwen2_moe", "bloom", "gpt2")
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
 
-def _tokens(batch: int = 2, length: int = T, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _hf(config_class, model_class, **fields) -> transformers.PreTrainedModel:
-    torch.manual_seed(0)
-    config = config_class(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, **fields,
-    )
-    return model_class(config).eval()
+def _tokens(vocab: int = VOCAB, batch: int = 2, length: int = T, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
 def neox() -> transformers.PreTrainedModel:
-    return _hf(transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM, use_parallel_residual=True)
+    """GPT-NeoX: parallel attention + MLP and partial rotary, which the decoder does not implement."""
+    case = FamilyCase("gpt_neox", "gpt_neox", dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, use_parallel_residual=True, rotary_pct=0.5,
+    ))
+    return case.hf_model()
 
 
-def _twins(tmp_path_factory, name: str, config_class, model_class, **fields):
-    hf = _hf(config_class, model_class, attn_implementation="eager", **fields)
-    folder = tmp_path_factory.mktemp(name)
+@pytest.fixture(scope="module", params=TWIN_CASES)
+def twins(request, family_cases, tmp_path_factory):
+    """(transformers model, the same weights in the hooked decoder)."""
+    hf = family_cases[request.param].hf_model()
+    folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder)
     return hf, workbench.load_model(folder)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return _twins(tmp_path_factory, "llama", transformers.LlamaConfig, transformers.LlamaForCausalLM,
-                  num_key_value_heads=2)
-
-
-@pytest.fixture(scope="module")
-def mistral(tmp_path_factory):
-    return _twins(tmp_path_factory, "mistral", transformers.MistralConfig, transformers.MistralForCausalLM,
-                  num_key_value_heads=2, sliding_window=5)
-
-
-@pytest.fixture(scope="module")
-def mixtral(tmp_path_factory):
-    return _twins(tmp_path_factory, "mixtral", transformers.MixtralConfig, transformers.MixtralForCausalLM,
-                  num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
 
 
 def _native(model, tokens, attention_mask=None):
@@ -97,10 +82,15 @@ def test_describe_finds_the_parts_of_a_foreign_family(neox) -> None:
     assert layout.scale == pytest.approx(8**-0.5, rel=1e-12)
 
 
-def test_describe_finds_router_and_window(mixtral, mistral) -> None:
-    assert [p.router for p in describe(mixtral[0]).layers] == ["mlp.gate", "mlp.gate"]
-    assert describe(mixtral[0]).n_experts == 4 and describe(mixtral[0]).top_k == 2
-    assert [p.window for p in describe(mistral[0]).layers] == [5, 5]
+def test_describe_finds_routers_and_windows(family_cases) -> None:
+    qwen2_moe = describe(family_cases["qwen2_moe"].hf_model())
+    assert [p.router for p in qwen2_moe.layers] == ["mlp.gate", None, "mlp.gate"]  # layer 1 is dense
+    assert (qwen2_moe.n_experts, qwen2_moe.top_k, qwen2_moe.norm_topk_prob) == (4, 2, False)
+    assert [p.window for p in describe(family_cases["qwen2-window"].hf_model()).layers] == [None, 4, 4]
+    assert [p.window for p in describe(family_cases["mistral-window"].hf_model()).layers] == [4, 4]
+    bloom = describe(family_cases["bloom"].hf_model())
+    assert (bloom.layers_path, bloom.final_norm_path, bloom.layers[0].attention) == (
+        "transformer.h", "transformer.ln_f", "self_attention")
 
 
 def test_foreign_family_records_have_the_right_shapes_and_sane_values(neox) -> None:
@@ -184,53 +174,66 @@ def _assert_same_records(backend, native, positions=slice(None)) -> None:
                                **TIGHT)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral"])
-def test_backend_equals_the_hooked_decoder(family, request) -> None:
-    hf, model = request.getfixturevalue(family)
-    tokens = _tokens()
-    backend, native = record_hf(hf, tokens), _native(model, tokens)
-    _assert_same_records(backend, native)
-    torch.testing.assert_close(backend.residual.lens_kl, native.residual.lens_kl, rtol=1e-5, atol=1e-6)
-    assert torch.equal(backend.residual.lens_top1, native.residual.lens_top1)
-    torch.testing.assert_close(backend.loss.loss, native.loss.loss, **TIGHT)
-    assert backend.routing is None and native.routing is None
-
-
-def test_backend_equals_the_hooked_decoder_with_left_padding(llama) -> None:
-    hf, model = llama
-    tokens = _tokens()
-    mask = torch.ones_like(tokens)
-    mask[0, :5] = 0
-    backend = record_hf(hf, tokens, attention_mask=mask)
-    native = _native(model, tokens, mask)
-    # Padded query rows attend to garbage in both (each model's own rule); every row is real from 5 on.
-    _assert_same_records(backend, native, positions=slice(5, None))
-
-
-def test_backend_equals_the_hooked_decoder_on_moe(mixtral) -> None:
-    hf, model = mixtral
-    tokens = _tokens()
-    backend, native = record_hf(hf, tokens), _native(model, tokens)
-    _assert_same_records(backend, native)
-    assert sorted(backend.routing.layers) == sorted(native.routing.layers) == [0, 1]
+def _assert_same_routing(backend, native, n_tokens: int) -> None:
+    if native.routing is None:
+        assert backend.routing is None
+        return
+    assert sorted(backend.routing.layers) == sorted(native.routing.layers)
     for layer, routed in backend.routing.layers.items():
         expected = native.routing.layers[layer]
         assert torch.equal(routed.load, expected.load)  # the same experts chosen, token by token
-        assert int(routed.load.sum()) == tokens.numel() * 2
+        assert int(routed.load.sum()) == n_tokens * routed.top_k
         assert torch.equal(routed.coselect, expected.coselect)
-        assert routed.tokens == expected.tokens == tokens.numel()
-        torch.testing.assert_close(routed.importance, expected.importance, rtol=1e-5, atol=1e-6)
+        assert routed.tokens == expected.tokens == n_tokens
+        torch.testing.assert_close(routed.importance, expected.importance, **TIGHT)
         assert math.isclose(routed.entropy, expected.entropy, rel_tol=1e-5, abs_tol=1e-6)
         assert routed.sample_experts == expected.sample_experts
         torch.testing.assert_close(torch.tensor(routed.sample_weights), torch.tensor(expected.sample_weights),
                                    **TIGHT)
 
 
-def test_a_wrong_mask_is_detected(llama, monkeypatch) -> None:
-    hf, _ = llama
+def test_backend_equals_the_hooked_decoder(twins) -> None:
+    hf, model = twins
+    tokens = _tokens()
+    backend, native = record_hf(hf, tokens), _native(model, tokens)
+    assert native.attention.max_prob[:, :, 1:].min() < 0.9  # patterns are not one-hot
+    _assert_same_records(backend, native)
+    torch.testing.assert_close(backend.residual.lens_kl, native.residual.lens_kl, **TIGHT)
+    assert torch.equal(backend.residual.lens_top1, native.residual.lens_top1)
+    torch.testing.assert_close(backend.loss.loss, native.loss.loss, **TIGHT)
+    _assert_same_routing(backend, native, tokens.numel())
+
+
+def test_backend_equals_the_hooked_decoder_with_left_padding(family_cases, make_batch, tmp_path) -> None:
+    hf = family_cases["llama"].hf_model()
+    hf.save_pretrained(tmp_path)
+    model = workbench.load_model(tmp_path)
+    tokens, mask, _ = make_batch(VOCAB, lengths=(T, 9), seq_len=T)
+    backend = record_hf(hf, tokens, attention_mask=mask)
+    native = _native(model, tokens, mask)
+    # Padded query rows attend by each model's own rule (their output is meaningless); from
+    # position 3 on every row is a real token.
+    _assert_same_records(backend, native, positions=slice(T - 9, None))
+
+
+def test_a_wrong_mask_is_detected(family_cases, monkeypatch) -> None:
+    hf = family_cases["llama"].hf_model()
     monkeypatch.setattr(nnsight_backend, "_windows", lambda config, n_layers: [2] * n_layers)
     with pytest.raises(BackendError, match="keys the causal/window/padding mask hides"):
         record_hf(hf, _tokens())
+
+
+def test_decompose_reads_writes_or_updated_streams() -> None:
+    generator = torch.Generator().manual_seed(0)
+    pre, attn, mlp = (torch.randn(1, 4, 8, generator=generator) for _ in range(3))
+    mid, post = pre + attn, pre + attn + mlp
+    for outputs in ((attn, mlp), (mid, post)):  # sublayers return writes / the updated stream
+        attn_out, resid_mid, mlp_out = nnsight_backend.decompose(0, pre, *outputs, post)
+        torch.testing.assert_close(attn_out, attn, **TIGHT)
+        torch.testing.assert_close(resid_mid, mid, **TIGHT)
+        torch.testing.assert_close(mlp_out, mlp, **TIGHT)
+    with pytest.raises(BackendError, match="layer 3: its attention and MLP outputs do not add up"):
+        nnsight_backend.decompose(3, pre, attn, 2 * mlp, post)  # e.g. a norm after the MLP
 
 
 def test_a_model_without_decoder_layers_is_refused() -> None:
@@ -239,8 +242,8 @@ def test_a_model_without_decoder_layers_is_refused() -> None:
         describe(model)
 
 
-def test_recording_is_json_serialisable(mixtral) -> None:
-    recording = record_hf(mixtral[0], _tokens())
+def test_recording_is_json_serialisable(family_cases) -> None:
+    recording = record_hf(family_cases["mixtral"].hf_model(), _tokens())
     document = json.loads(json.dumps(recording.to_dict(), allow_nan=False))
     assert set(document) == {"attention", "residual", "routing", "loss"}
     assert len(document["routing"]["layers"]) == 2

@@ -262,17 +262,37 @@ def load_model(
 def _dispatch(model, device_map, max_memory, offload_folder):
     import tempfile
 
-    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate import dispatch_model
 
     if device_map == "auto":
-        # clean_result=False keeps one entry per module: a cleaned map collapses to {"": "disk"}
-        # when nothing fits, and accelerate cannot dispatch that (it offloads no weights).
-        device_map = infer_auto_device_map(
-            model, max_memory=max_memory, no_split_module_classes=["Block"], clean_result=False
-        )
+        device_map = _auto_device_map(model, max_memory)
     if offload_folder is None and "disk" in set(device_map.values()):
         offload_folder = tempfile.mkdtemp(prefix="workbench-offload-")
     return dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+
+
+def _auto_device_map(model, max_memory) -> dict[str, Any]:
+    """accelerate's placement of whole blocks under ``max_memory``, one entry per module."""
+    from accelerate import infer_auto_device_map
+
+    tied = model.config.tie_embeddings
+    if tied:
+        # accelerate matches tied parameter names by substring ("embed." is inside "unembed.")
+        # and fails with an IndexError; plan with an untied copy, then keep the two together.
+        model.unembed.weight = torch.nn.Parameter(model.embed.weight.detach(), requires_grad=False)
+    try:
+        # clean_result=False: a cleaned map collapses to {"": "disk"} when nothing fits, and
+        # accelerate cannot dispatch that (it offloads no weights, then cannot find them).
+        planned = infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=["Block"], clean_result=False
+        )
+    finally:
+        if tied:
+            model.unembed.weight = model.embed.weight
+    if tied:
+        planned["unembed"] = planned["embed"]
+    modules = dict(model.named_modules())
+    return {name: device for name, device in planned.items() if name in modules}  # drop buffer entries
 
 
 def parse_dtype(name: str) -> torch.dtype:

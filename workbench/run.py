@@ -30,6 +30,8 @@ COMMANDS = {
     "routing": {"routing", "nonfinite"},
     "extrapolation": {"length", "nonfinite"},
     "profile": {"timing"},
+    # what `pytest probes/` (and `workbench check`) runs: every analyzer, no profiler trace
+    "check": {"attention", "residual", "routing", "loss", "length", "kv", "nonfinite"},
 }
 ANALYZERS = ("attention_saturation", "routing_collapse", "length_extrapolation", "kv_memory", "nonfinite")
 TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "timing", "run.id", "artifacts"]

@@ -61,7 +61,10 @@ class ActivationWatch:
                 if bool(bad.any()):
                     self.first = (point.name, int(bad.sum()), tensor.numel())
 
-        return [(lambda name: name != "hook_tokens", watch)]
+        # Scores and patterns hold -inf / 0 by design where keys are masked, and hooking them
+        # would force the O(T^2) attention path: they are not watched.
+        skipped = ("hook_tokens", "hook_attn_scores", "hook_pattern")
+        return [(lambda name: not name.endswith(skipped), watch)]
 
     def findings(self) -> list[Finding]:
         if self.first is None:

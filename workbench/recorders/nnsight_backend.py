@@ -19,11 +19,13 @@ What is read, found generically (no model names; see :func:`describe`):
 * the final norm (the last norm module beside the layer list) and ``get_output_embeddings()``
   for the logit lens and the loss.
 
-Mapping to the hooked decoder's names: ``resid_mid`` is taken as ``resid_pre + attn_out`` (true in
-sequential blocks; in parallel-residual blocks such as GPT-NeoX's it is the stream plus the
-attention write, which the MLP does not read). Models with post-sublayer norms (Gemma 2, OLMo 2)
-write something other than the sublayer outputs; :func:`describe` cannot see that, and the write
-statistics then describe the sublayer outputs before those norms.
+Mapping to the hooked decoder's names (:func:`decompose`): when the sublayers return their writes
+(``resid_pre + attn + mlp == resid_post``), ``attn_out`` and ``mlp_out`` are the attention and MLP
+outputs and ``resid_mid = resid_pre + attn_out`` (in parallel-residual blocks such as GPT-NeoX's
+that is the stream plus the attention write, which the MLP does not read); when they return the
+updated stream (BLOOM adds the residual inside), the writes are the differences. A layer that
+fits neither (post-sublayer norms as in Gemma 2 or OLMo 2) raises :class:`BackendError`: record
+it with ``residual=False``.
 
 Attention weights: only "eager" attention returns them, so when attention is recorded the model
 is switched to ``attn_implementation="eager"`` for the traced forward and switched back after
@@ -332,15 +334,43 @@ class _Collector:
         )
 
     def observe_residual(
-        self, resid_pre: torch.Tensor, attn_out: torch.Tensor, mlp_out: torch.Tensor | None,
-        resid_post: torch.Tensor, keep_for_lens: bool,
+        self, part: LayerParts, resid_pre: torch.Tensor, attn_output: torch.Tensor,
+        mlp_output: torch.Tensor | None, resid_post: torch.Tensor, keep_for_lens: bool,
     ) -> None:
-        resid_mid = resid_pre + attn_out
-        if mlp_out is None:  # no MLP child found: its write is what is left
-            mlp_out = resid_post - resid_mid
+        attn_out, resid_mid, mlp_out = decompose(part.index, resid_pre, attn_output, mlp_output, resid_post)
         self.write_stats.append(write_stats(resid_pre, attn_out, resid_mid, mlp_out))
         if keep_for_lens:
             self.residuals.append(resid_post)
+
+
+def _closes(total: torch.Tensor, expected: torch.Tensor) -> bool:
+    """``total`` equals ``expected`` up to the rounding of a couple of additions in its dtype."""
+    tolerance = max(1e-4, 16 * torch.finfo(expected.dtype).eps)
+    error = (total.float() - expected.float()).norm()
+    return bool(error <= tolerance * expected.float().norm().clamp_min(1e-30))
+
+
+def decompose(
+    layer: int, resid_pre: torch.Tensor, attn_output: torch.Tensor, mlp_output: torch.Tensor | None,
+    resid_post: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(attn_out, resid_mid, mlp_out)``: the writes of one layer, whichever way it adds them.
+
+    Most blocks return their write from each sublayer (``resid_post = resid_pre + attn + mlp``,
+    sequential or parallel); some (BLOOM) add the residual inside the sublayer, so attention
+    returns ``resid_mid`` and the MLP ``resid_post``. The one that adds up is used; a layer that
+    fits neither (post-sublayer norms, residual taken after a norm) raises :class:`BackendError`.
+    """
+    if mlp_output is None:  # no MLP child found: its write is what is left
+        return attn_output, resid_pre + attn_output, resid_post - resid_pre - attn_output
+    if _closes(resid_pre + attn_output + mlp_output, resid_post):
+        return attn_output, resid_pre + attn_output, mlp_output
+    if _closes(mlp_output, resid_post):
+        return attn_output - resid_pre, attn_output, mlp_output - attn_output
+    raise BackendError(
+        f"layer {layer}: its attention and MLP outputs do not add up to the layer's output, as writes "
+        "or as the updated stream (post-sublayer norms?); record it with residual=False"
+    )
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -424,9 +454,9 @@ def record_hf(
             if routing and part.router is not None:
                 collector.observe_router(part, _envoy(layer, part.router).output)
             if residual:
-                mlp_out = _tensor(_envoy(layer, part.mlp).output) if part.mlp is not None else None
+                mlp_output = _tensor(_envoy(layer, part.mlp).output) if part.mlp is not None else None
                 resid_post = _tensor(layer.output).save()
-                collector.observe_residual(resid_pre, _tensor(attn_output), mlp_out, resid_post, keep_lens)
+                collector.observe_residual(part, resid_pre, _tensor(attn_output), mlp_output, resid_post, keep_lens)
         if need_final:
             saved_final.append(_tensor(_envoy(traced, layout.final_norm_path).output).save())
     recording = Recording()
@@ -462,6 +492,7 @@ __all__ = [
     "HFLayout",
     "LayerParts",
     "attention_weights_bytes",
+    "decompose",
     "describe",
     "eager_attention",
     "find_layers",

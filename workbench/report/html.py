@@ -34,7 +34,7 @@ from workbench.report.schema import SECTIONS
 
 # Which report section shows which analyzer's findings (all findings are also in the table).
 SECTION_ANALYZERS: dict[str, tuple[str, ...]] = {
-    "attention": ("saturation", "attention"),
+    "attention": ("attention_saturation", "saturation", "attention"),
     "residual": ("residual",),
     "routing": ("routing_collapse", "routing"),
     "length": ("length_extrapolation", "length"),

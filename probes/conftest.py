@@ -1,0 +1,36 @@
+"""pytest options and the shared diagnosis for the probes suite.
+
+    pytest probes/ --checkpoint DIR [--profile NAME]
+
+The checkpoint is diagnosed once per session (every analyzer, no profiler trace); each test
+module then checks one analyzer's findings. A test fails with the messages of the ``fail``
+findings it covers; ``warn`` findings are shown but do not fail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("workbench")
+    group.addoption("--checkpoint", default=None,
+                    help="checkpoint to check (folder, .gguf, workbench checkpoint); default: SmolLM2")
+    group.addoption("--profile", default="default", help="run profile name or TOML path")
+    group.addoption("--probe-device", default="cpu", help="torch device (cpu, cuda)")
+
+
+@pytest.fixture(scope="session")
+def diagnosis(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The report document of one `check` run on --checkpoint."""
+    from workbench.checkpoint import CheckpointError
+    from workbench.run import RunError, RunOptions, run
+
+    options = RunOptions(command="check", profile=request.config.getoption("--profile"),
+                         device=request.config.getoption("--probe-device"))
+    try:
+        return run(request.config.getoption("--checkpoint"), options)
+    except (CheckpointError, RunError, ValueError) as error:
+        pytest.exit(f"cannot diagnose the checkpoint: {error}", returncode=2)
