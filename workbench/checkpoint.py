@@ -87,6 +87,14 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _refusal_detail(error: BaseException) -> str:
+    """The line of torch's many-line weights_only refusal that says what it refused."""
+    for line in str(error).splitlines():
+        if "unsupported" in line.lower():
+            return line.split("WeightsUnpickler error:")[-1].split(". Please")[0].strip()[:160]
+    return _first_line(error)[:160]
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -145,7 +153,7 @@ def read_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds more than plain tensors and was not "
-            f"executed ({_first_line(error)[:160]})"
+            f"executed ({_refusal_detail(error)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: truncated or corrupted PyTorch file ({_first_line(error)})") from None

@@ -220,8 +220,17 @@ CONFIG_READERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
 }
 
 
+_POSITIVE_INTS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "intermediate_size", "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_inner",
+    "n_positions", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
+)  # not sliding_window: qwen2_moe writes 0 when the window is off
+
+
 def config_from_hf(hf: dict[str, Any], path: Path) -> DecoderConfig:
     """DecoderConfig for a transformers ``config.json`` (already parsed)."""
+    from workbench.checkpoint import CheckpointError
+
     model_type = hf.get("model_type")
     if model_type is None:
         raise _fail(path, "config.json lacks 'model_type'")
@@ -231,13 +240,15 @@ def config_from_hf(hf: dict[str, Any], path: Path) -> DecoderConfig:
             f"model_type {model_type!r} is not supported by the hooked decoder (supported: "
             f"{', '.join(SUPPORTED)}); the nnsight backend (--backend nnsight) can still record it",
         )
-    from workbench.checkpoint import CheckpointError
-
+    for key in _POSITIVE_INTS:
+        value = hf.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise _fail(path, f"config.json field {key!r} must be a positive integer, got {value!r}")
     try:
         fields = CONFIG_READERS[model_type](hf, path)
     except CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError, AttributeError) as error:  # e.g. "hidden_size": "big"
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as error:  # "hidden_size": "big"
         raise _fail(path, f"config.json has a malformed field ({type(error).__name__}: {error})") from None
     dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
     try:

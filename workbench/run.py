@@ -102,10 +102,13 @@ def check_fits_in_memory(config: Any, tokens: int, device: str, dtype: str) -> N
                       weights_dtype=dtype, prefill_chunk=None)
     except PlanError:
         return
-    if not result.fits:
-        largest = result.max_context
+    # The residual recorder keeps every layer's resid_post for the logit lens.
+    lens_bytes = config.n_layers * tokens * config.d_model * 4
+    if not result.fits or result.total_bytes + lens_bytes > result.device_bytes:
+        per_token = (result.total_bytes - result.weights_bytes) / tokens + config.n_layers * config.d_model * 4
+        largest = max(0, int((result.device_bytes - result.weights_bytes) / per_token))
         raise RunError(
-            f"a {tokens:,}-token probe needs about {result.total_bytes / 2**30:.1f} GiB, more than this "
+            f"a {tokens:,}-token probe needs about {(result.total_bytes + lens_bytes) / 2**30:.1f} GiB, more than this "
             f"host can give ({result.device_bytes / 2**30:.1f} GiB usable); the largest that fits is "
             f"about {largest:,} tokens" if largest else "this model does not fit in this host's memory"
         )
@@ -126,12 +129,13 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
     profile = load_profile(options.profile)
     seed = profile.seed if options.seed is None else options.seed
     torch.manual_seed(seed)
+    config = checkpoint.load_config(source)
+    check_fits_in_memory(config, options.tokens or int(profile.probes["tokens"]), options.device, options.dtype)
     say("loading model")
     model = checkpoint.load_model(source, dtype=options.dtype, device=options.device)
     config = model.config
     tokenizer = load_tokenizer(source)
     probe = _main_probe(options, profile, config, tokenizer, seed)
-    check_fits_in_memory(config, probe.length, options.device, options.dtype)
     findings: list[Finding] = []
     sections: dict[str, Any] = {name: None for name in ("attention", "residual", "routing", "length", "kv", "timing")}
 

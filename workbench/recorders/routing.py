@@ -93,7 +93,8 @@ def accumulate(
     state.coselect += onehot.T @ onehot
     if not state.sample_positions:
         T = indices.shape[1]
-        positions = sorted({round(i * (T - 1) / max(samples - 1, 1)) for i in range(min(samples, T))})
+        n = min(samples, T)  # evenly spaced over the whole input, first and last included
+        positions = sorted({round(i * (T - 1) / max(n - 1, 1)) for i in range(n)})
         state.sample_positions = positions
         state.sample_experts = [indices[0, p].tolist() for p in positions]
         state.sample_weights = [[float(w) for w in weights[0, p]] for p in positions]

@@ -24,6 +24,7 @@ ATTENTION_STATS = {
     "max_prob": "Largest attention weight",
     "sink_mass": "Sink mass (weight on the first token)",
 }
+PATTERN_SCALE = [[0.0, "#ffffff"], [0.1, "#dbeafe"], [0.4, "#60a5fa"], [1.0, "#1e3a8a"]]
 TIMING_COMPONENTS = {"attn": "attention", "mlp": "MLP / experts", "router": "router", "other": "other"}
 Figure = dict[str, Any]
 
@@ -59,6 +60,15 @@ def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, A
     return layout
 
 
+def _index_axis(count: int) -> dict[str, Any]:
+    """An axis of layer/head/expert numbers: every one labelled when they fit, else plotly picks
+    integer steps."""
+    axis: dict[str, Any] = {"tickangle": 0, "tickformat": "d", "range": [-0.5, count - 0.5]}
+    if count <= 16:
+        axis["dtick"] = 1
+    return axis
+
+
 def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> Figure:
     return {"data": data, "layout": layout}
 
@@ -87,9 +97,9 @@ def attention_figures(attention: dict[str, Any]) -> dict[str, Figure]:
             "hovertemplate": "layer %{y}, head %{x}<br>" + stat + " %{z:.3f}<extra></extra>",
             "colorbar": {"thickness": 12},
         }  # fmt: skip
-        layout = _layout(title, "head", "layer", height=max(260, min(640, 60 + 22 * layers)))
-        layout["yaxis"].update(autorange="reversed", dtick=1 if layers <= 32 else None)
-        layout["xaxis"].update(dtick=1 if heads <= 32 else None)
+        layout = _layout(title, "head", "layer", height=max(300, min(640, 80 + 14 * layers)))
+        layout["yaxis"].update(_index_axis(layers), range=[layers - 0.5, -0.5])
+        layout["xaxis"].update(_index_axis(heads))
         figures[f"fig-attention-{stat}"] = _figure([heatmap], layout)
     return figures
 
@@ -108,14 +118,15 @@ def pattern_figures(attention: dict[str, Any]) -> list[Figure]:
         query_labels = [labels[q] if q < len(labels) else str(q) for q in queries]
         heatmap = {
             "type": "heatmap", "z": rows, "x": keys, "y": queries, "zmin": 0, "zmax": 1,
-            "colorscale": "Blues", "colorbar": {"thickness": 12, "title": {"text": "weight"}},
+            "colorscale": PATTERN_SCALE, "colorbar": {"thickness": 12, "title": {"text": "weight"}},
             "hovertemplate": "query %{y} \u2192 key %{x}<br>weight %{z:.3f}<extra></extra>",
         }  # fmt: skip
         title = f"Layer {captured['layer']}, head {captured['head']}: queries {start}\u2013{start + len(rows) - 1}"
         side = max(420, min(900, 140 + 11 * max(len(rows), n_keys)))
         layout = _layout(title, "key (attended token)", "query token", height=side)
         layout["margin"] = {"l": 110, "r": 20, "t": 48, "b": 110}
-        layout["xaxis"].update(_ticks(key_labels), tickangle=-60, tickfont={"size": 10}, constrain="domain")
+        layout["xaxis"].update(_ticks(key_labels), tickangle=-60, tickfont={"size": 10}, constrain="domain",
+                               scaleanchor="y")
         layout["yaxis"].update(_ticks(query_labels), autorange="reversed", tickfont={"size": 10})
         figures.append(_figure([heatmap], layout))
     return figures
@@ -142,7 +153,7 @@ def residual_figures(residual: dict[str, Any]) -> dict[str, Figure]:
                                hovertemplate="layer %{x}: %{y:.3f}<extra>" + stat + "</extra>"))
     if lines:
         layout = _layout("Write ratio per layer", "layer", "|write| / |residual|")
-        layout["xaxis"].update(dtick=1)
+        layout["xaxis"].update(_index_axis(len(means.get("attn_ratio") or means.get("mlp_ratio"))))
         figures["fig-residual-writes"] = _figure(lines, layout)
     lens = residual.get("lens")
     if lens:
@@ -153,7 +164,7 @@ def residual_figures(residual: dict[str, Any]) -> dict[str, Figure]:
                      hovertemplate="layer %{x}: %{y:.1%}<extra></extra>")
         top1["line"]["dash"] = "dot"
         layout = _layout("Logit lens", "layer", "KL, nats")
-        layout["xaxis"].update(dtick=1)
+        layout["xaxis"].update(_index_axis(len(layers)))
         layout["yaxis2"] = {"title": {"text": "top-1 agreement"}, "overlaying": "y", "side": "right",
                             "range": [0, 1.02], "tickformat": ".0%", "showgrid": False}  # fmt: skip
         layout["margin"]["r"] = 60
@@ -213,7 +224,7 @@ def routing_figures(routing: dict[str, Any]) -> dict[str, Figure]:
             })  # fmt: skip
         layout = _layout(title, "expert", "MoE layer", height=height)
         layout["yaxis"].update(ticks)
-        layout["xaxis"].update(dtick=1 if n_experts <= 64 else None)
+        layout["xaxis"].update(_index_axis(n_experts))
         layout["showlegend"] = False
         figures[key] = _figure(data, layout)
     return figures
@@ -254,45 +265,74 @@ def length_figures(length: dict[str, Any]) -> dict[str, Figure]:
 
 
 def kv_figures(kv: dict[str, Any]) -> dict[str, Figure]:
-    """Memory against context per device, each device's usable memory as a dashed line, and the
-    deployment point (the plan's device, batch and context)."""
+    """Memory needed against context, split into weights and the rest (KV cache and workspace);
+    each device's usable memory as a dashed line with a dot where the model stops fitting; the
+    deployment point (the plan's device, batch and context) as a star.
+
+    The need is the same on every device unless a device changes the shape, so identical curves
+    are drawn once."""
     devices = kv.get("devices") or []
-    data = []
     contexts = [point["context"] for device in devices for point in device["curve"]]
     if not contexts:
         return {}
     low, high = min(contexts), max(contexts)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    names: dict[str, list[str]] = {}
+    for device in devices:
+        key = repr([(p["context"], p["total_bytes"]) for p in device["curve"]])
+        curves.setdefault(key, device["curve"])
+        names.setdefault(key, []).append(device["name"])
+    data: list[dict[str, Any]] = []
+    for index, (key, curve) in enumerate(curves.items()):
+        label = "memory needed" if len(curves) == 1 else f"needed on {', '.join(names[key])}"
+        x = [p["context"] for p in curve]
+        if index == 0:
+            data.append({
+                "type": "scatter", "mode": "lines", "name": "weights", "x": x,
+                "y": [p["weights_bytes"] / GIB for p in curve], "fill": "tozeroy",
+                "fillcolor": "rgba(148, 163, 184, 0.35)", "line": {"color": "#94a3b8", "width": 1},
+                "hovertemplate": "weights %{y:.2f} GiB<extra></extra>",
+            })  # fmt: skip
+        data.append({
+            "type": "scatter", "mode": "lines", "name": plot_text(label), "x": x,
+            "y": [p["total_bytes"] / GIB for p in curve], "fill": "tonexty" if index == 0 else "none",
+            "fillcolor": "rgba(37, 99, 235, 0.12)", "line": {"color": "#111827", "width": 2.5},
+            "customdata": [[p["kv_bytes"] / GIB] for p in curve],
+            "hovertemplate": "%{x:,} tokens: %{y:.2f} GiB<br>KV cache %{customdata[0]:.2f} GiB"
+                             "<extra>" + plot_text(label) + "</extra>",
+        })  # fmt: skip
     for index, device in enumerate(devices):
         color = PALETTE[index % len(PALETTE)]
         name = plot_text(device["name"])
-        curve = device["curve"]
+        usable = device["usable_bytes"] / GIB
         data.append({
-            "type": "scatter", "mode": "lines", "name": name, "legendgroup": name,
-            "x": [p["context"] for p in curve], "y": [p["total_bytes"] / GIB for p in curve],
-            "line": {"color": color, "width": 2},
-            "customdata": [[p["kv_bytes"] / GIB, p["weights_bytes"] / GIB] for p in curve],
-            "hovertemplate": "%{x:,} tokens: %{y:.2f} GiB<br>KV %{customdata[0]:.2f} GiB, "
-                             "weights %{customdata[1]:.2f} GiB<extra>" + name + "</extra>",
-        })  # fmt: skip
-        data.append({
-            "type": "scatter", "mode": "lines", "name": f"{name} usable", "legendgroup": name,
-            "showlegend": False, "x": [low, high], "y": [device["usable_bytes"] / GIB] * 2,
+            "type": "scatter", "mode": "lines", "name": f"{name}: {usable:,.1f} GiB usable",
+            "legendgroup": name, "x": [low, high], "y": [usable, usable],
             "line": {"color": color, "width": 1.5, "dash": "dash"},
             "hovertemplate": "usable %{y:.1f} GiB<extra>" + name + "</extra>",
         })  # fmt: skip
+        limit = device.get("max_context")
+        if limit and low <= limit <= high:
+            data.append({
+                "type": "scatter", "mode": "markers", "name": f"{name} limit", "legendgroup": name,
+                "showlegend": False, "x": [limit], "y": [usable],
+                "marker": {"color": color, "size": 9, "line": {"color": "#ffffff", "width": 1}},
+                "hovertemplate": "largest context that fits: %{x:,} tokens<extra>" + name + "</extra>",
+            })  # fmt: skip
     plan = kv["plan"]
+    deployment = f"deployment: batch {plan['batch']}, {plan['context']:,} tokens on {plan['device']}"
     data.append({
-        "type": "scatter", "mode": "markers", "name": plot_text(f"deployment: batch {plan['batch']}, "
-                                                                f"{plan['context']:,} tokens on {plan['device']}"),
+        "type": "scatter", "mode": "markers", "name": plot_text(deployment),
         "x": [plan["context"]], "y": [plan["total_bytes"] / GIB],
-        "marker": {"symbol": "star", "size": 16, "color": "#111827", "line": {"color": "#ffffff", "width": 1}},
+        "marker": {"symbol": "star", "size": 17, "color": "#f59e0b", "line": {"color": "#111827", "width": 1}},
         "hovertemplate": "deployment: %{x:,} tokens, %{y:.2f} GiB<extra></extra>",
     })  # fmt: skip
-    layout = _layout(f"Memory vs context (batch {kv['batch']}, KV {plot_text(kv['kv_dtype'])})",
-                     "context, tokens", "GiB per device", height=420)
+    title = f"Memory per device vs context (batch {kv['batch']}, KV cache {plot_text(kv['kv_dtype'])})"
+    layout = _layout(title, "context, tokens", "GiB per device", height=440)
     if high > 10 * low:
         layout["xaxis"]["type"] = "log"
     layout["yaxis"]["rangemode"] = "tozero"
+    layout["legend"]["y"] = -0.2
     return {"fig-kv-memory": _figure(data, layout)}
 
 
@@ -311,16 +351,19 @@ def timing_figures(timing: dict[str, Any]) -> dict[str, Figure]:
     if not rows:
         return {}
     layers = [row["layer"] for row in rows]
+    largest = max(sum(component_us(row, name) for name in TIMING_COMPONENTS) for row in rows)
+    unit, divisor = ("ms", 1e3) if largest >= 1e4 else ("\u00b5s", 1.0)
     bars = []
     for index, (name, label) in enumerate(TIMING_COMPONENTS.items()):
-        values = [component_us(row, name) for row in rows]
+        values = [component_us(row, name) / divisor for row in rows]
         if name == "router" and not any(values):
             continue
         bars.append({"type": "bar", "name": label, "x": layers, "y": values,
                      "marker": {"color": PALETTE[index]},
-                     "hovertemplate": "layer %{x}: %{y:,.0f} \u00b5s<extra>" + label + "</extra>"})  # fmt: skip
-    layout = _layout("Time per layer by component", "layer", "\u00b5s per forward (profiled)", barmode="stack")
-    layout["xaxis"].update(dtick=1 if len(layers) <= 48 else None)
+                     "hovertemplate": "layer %{x}: %{y:,.1f} " + unit + "<extra>" + label + "</extra>"})  # fmt: skip
+    layout = _layout("Time per layer by component", "layer", f"{unit} per forward (profiled)", barmode="stack")
+    layout["xaxis"].update(tickformat="d", dtick=1 if len(layers) <= 16 else None)
+    layout["legend"]["traceorder"] = "normal"
     return {"fig-timing-layers": _figure(bars, layout)}
 
 

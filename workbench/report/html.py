@@ -28,8 +28,20 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from workbench.findings import STATUS_ORDER, Where
+from workbench.findings import STATUS_ORDER
 from workbench.report import figures as figs
+from workbench.report.format import (
+    breakable,
+    format_bytes,
+    format_number,
+    format_seconds,
+    format_si,
+    format_us,
+    sorted_findings,
+    value_text,
+    visible_text,
+    where_text,
+)
 from workbench.report.schema import SECTIONS
 
 # Which report section shows which analyzer's findings (all findings are also in the table).
@@ -86,77 +98,15 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=format_number, gib=format_bytes, us=format_us, where=where_text)
+    env.filters.update(
+        num=format_number, gib=format_bytes, us=format_us, si=format_si, seconds=format_seconds,
+        where=where_text, visible=visible_text, breakable=breakable,
+    )
     return env
-
-
-# --- formatting ----------------------------------------------------------------------------
-
-
-def format_number(value: Any, digits: int = 3) -> str:
-    """A number for people: thousands separators for big ones, ``digits`` significant digits
-    for small ones, an em dash for None."""
-    if value is None:
-        return "\u2014"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 10 ** digits:
-            return f"{value:,.0f}"
-        if abs(value) >= 1e-3:
-            return f"{value:.{digits}g}"
-        return f"{value:.2e}"
-    return str(value)
-
-
-def format_bytes(value: int | None) -> str:
-    if value is None:
-        return "\u2014"
-    if abs(value) >= 2**30:
-        return f"{value / 2**30:,.2f} GiB"
-    return f"{value / 2**20:,.1f} MiB"
-
-
-def format_us(value: float | None) -> str:
-    if value is None:
-        return "\u2014"
-    return f"{value / 1000:,.2f} ms" if abs(value) >= 1000 else f"{value:,.1f} \u00b5s"
-
-
-def where_text(where: dict[str, Any] | None) -> str:
-    """``L3 H5``, ``L2 E7 moe``, ``pos 0-512``, or ``model``."""
-    data = dict(where or {})
-    if data.get("positions") is not None:
-        data["positions"] = tuple(data["positions"])
-    known = {key: data.get(key) for key in ("layer", "head", "expert", "positions", "sublayer")}
-    return str(Where(**known))
-
-
-def value_text(finding: dict[str, Any]) -> str:
-    value, threshold = finding.get("value"), finding.get("threshold")
-    if value is None and threshold is None:
-        return ""
-    if threshold is None:
-        return format_number(value)
-    return f"{format_number(value)} vs {format_number(threshold)}"
 
 
 # --- page context --------------------------------------------------------------------------
 
-
-def sorted_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Most severe first (fail, warn, skip, info, pass), then by analyzer, check and place."""
-
-    def key(finding: dict[str, Any]) -> tuple[Any, ...]:
-        where = finding.get("where") or {}
-        place = tuple(where.get(k) if where.get(k) is not None else -1 for k in ("layer", "head", "expert"))
-        return (-STATUS_ORDER.get(finding["status"], 0), finding["analyzer"], finding["check"], place)
-
-    return sorted(findings, key=key)
 
 
 def _worst(statuses: list[str]) -> str | None:
@@ -175,7 +125,7 @@ def _link(path: Any) -> str | None:
 def _token_strip(attention: dict[str, Any]) -> list[tuple[int, str]]:
     labels = attention.get("token_labels") or []
     extent = max(
-        (p["start"] + max(len(p["pattern"]), max((len(r) for r in p["pattern"]), default=0))
+        (max(p["start"] + len(p["pattern"]), max((len(r) for r in p["pattern"]), default=0))
          for p in attention.get("patterns") or []),
         default=len(labels),
     )  # fmt: skip

@@ -50,7 +50,7 @@ def slug(name: str, max_length: int = 64, fallback: str = "model") -> str:
     text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
     text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
     text = re.sub(r"\.{2,}", ".", text)
-    text = re.sub(r"-{2,}", "-", text).strip("-._")
+    text = re.sub(r"[._]*-[-._]*", "-", text).strip("-._")  # "a/../b" -> "a-b", not "a-.-b"
     text = text[:max_length].strip("-._")
     if not text:
         return fallback

@@ -1,0 +1,212 @@
+"""Analyzers on synthetic records with known answers: each check has a case that must be flagged
+and a healthy case that must not be. (The zoo gives the same proof on trained checkpoints:
+tests/test_zoo_analyzers.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workbench.analyzers import length_extrapolation, nonfinite, routing_collapse, saturation
+from workbench.config import DecoderConfig
+from workbench.model import HookedDecoder
+from workbench.recorders.attention import STATS, AttentionRecord
+from workbench.recorders.length import LengthProbe, LengthRecord
+from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
+
+L, H, T = 3, 4, 64
+
+
+def attention_record(max_prob: torch.Tensor, sink: torch.Tensor, logit_std: float = 2.0) -> AttentionRecord:
+    """A record whose per-head max_prob / sink_mass are given as ``[L, H]`` and constant over T."""
+    stats = {name: torch.full((L, H, T), 0.5) for name in STATS}
+    stats["max_prob"] = max_prob[:, :, None].expand(L, H, T).clone()
+    stats["sink_mass"] = sink[:, :, None].expand(L, H, T).clone()
+    stats["logit_std"] = torch.full((L, H, T), logit_std)
+    return AttentionRecord(n_layers=L, n_heads=H, n_tokens=T, d_head=64, scale=0.125, stats=stats)
+
+
+def by_check(findings, check):
+    return [f for f in findings if f.check == check]
+
+
+def test_saturated_layer_is_a_fail_at_that_layer():
+    max_prob = torch.full((L, H), 0.3)
+    max_prob[1] = 0.99  # every head of layer 1 is one-hot on content
+    findings = saturation.analyze(attention_record(max_prob, torch.full((L, H), 0.01), logit_std=20.0))
+    fails = [f for f in findings if f.status == "fail"]
+    assert [f.where.layer for f in fails] == [1]
+    assert fails[0].check == "saturated_layer" and fails[0].value == 1.0
+    assert "sqrt(d_head)" in fails[0].message
+    assert {f.where.layer for f in by_check(findings, "logit_scale")} == {0, 1, 2}
+
+
+def test_healthy_attention_gets_no_fail_and_no_warn():
+    findings = saturation.analyze(attention_record(torch.full((L, H), 0.3), torch.full((L, H), 0.05)))
+    assert {f.status for f in findings} == {"pass"}
+    assert len(by_check(findings, "saturated_layer")) == L
+
+
+def test_sink_heads_are_info_not_saturation():
+    max_prob = torch.full((L, H), 0.3)
+    sink = torch.full((L, H), 0.05)
+    max_prob[2] = 0.97
+    sink[2] = 0.97  # all of layer 2's weight on the first token: sinks, not saturation
+    findings = saturation.analyze(attention_record(max_prob, sink))
+    assert not [f for f in findings if f.status in ("fail", "warn")]
+    sinks = by_check(findings, "sink_head")
+    assert [(f.where.layer, f.status) for f in sinks] == [(2, "info")] * H
+
+
+def test_one_sharp_head_is_a_warn():
+    max_prob = torch.full((L, H), 0.3)
+    max_prob[0, 3] = 0.98
+    findings = saturation.analyze(attention_record(max_prob, torch.full((L, H), 0.01)))
+    warns = [f for f in findings if f.status == "warn"]
+    assert [(f.check, f.where.layer, f.where.head) for f in warns] == [("saturated_head", 0, 3)]
+    assert not [f for f in findings if f.status == "fail"]
+
+
+def test_threshold_override_changes_the_verdict():
+    max_prob = torch.full((L, H), 0.3)
+    max_prob[0, :2] = 0.98  # half the heads of layer 0
+    record = attention_record(max_prob, torch.full((L, H), 0.01))
+    assert [f.where.layer for f in saturation.analyze(record) if f.status == "fail"] == [0]
+    relaxed = saturation.analyze(record, {"layer_fraction": 0.75})
+    assert not [f for f in relaxed if f.status == "fail"]
+
+
+def test_saturation_skips_short_and_missing_records():
+    assert saturation.analyze(None)[0].status == "skip"
+    short = attention_record(torch.full((L, H), 0.3), torch.full((L, H), 0.0))
+    short.n_tokens = 4
+    assert saturation.analyze(short)[0].status == "skip"
+
+
+def routing_record(share: list[float], tokens: int = 1000, top_k: int = 1) -> RoutingRecord:
+    E = len(share)
+    state = LayerRouting(layer=0, n_experts=E, top_k=top_k)
+    counts = [round(s * tokens * top_k) for s in share]
+    indices = torch.cat([torch.full((c,), e, dtype=torch.long) for e, c in enumerate(counts)])
+    indices = indices[: tokens * top_k].reshape(1, tokens, top_k)
+    logits = torch.log(torch.tensor(share).clamp_min(1e-6)).expand(1, tokens, E)
+    accumulate(state, logits, indices, torch.ones(1, tokens, top_k), samples=4)
+    return RoutingRecord({0: state})
+
+
+def test_collapsed_router_fails_dead_experts_naming_the_top_expert():
+    findings = routing_collapse.analyze(routing_record([0.02, 0.94, 0.02, 0.02, 0.0, 0.0, 0.0, 0.0]))
+    dead = by_check(findings, "dead_experts")[0]
+    assert dead.status == "fail" and dead.where.expert == 1 and dead.where.layer == 0
+    # the four empty experts are dead; 0.02 is above a tenth of the fair share (0.0125)
+    assert dead.value == pytest.approx(4 / 8)
+    assert by_check(findings, "max_load_violation")[0].status == "warn"
+    assert by_check(findings, "balance_loss")[0].value > 1.5
+
+
+def test_balanced_router_passes_every_check():
+    findings = routing_collapse.analyze(routing_record([0.13, 0.12, 0.125, 0.125, 0.12, 0.13, 0.125, 0.125]))
+    assert {f.status for f in findings} == {"pass"}
+    balance = by_check(findings, "balance_loss")[0].value
+    assert balance == pytest.approx(1.0, abs=0.01)
+
+
+def test_one_dead_expert_of_many_is_a_warn():
+    share = [1 / 15] * 15 + [0.0]
+    findings = routing_collapse.analyze(routing_record(share, tokens=1500))
+    assert by_check(findings, "dead_experts")[0].status == "warn"
+
+
+def test_dense_model_skips_routing():
+    assert routing_collapse.analyze(None, is_moe=False)[0].status == "skip"
+
+
+def length_record(positions: str, boundary: int, curves: dict[int, torch.Tensor], errors=None) -> LengthRecord:
+    record = LengthRecord(boundary=boundary, trained_context=boundary, positions=positions)
+    for length, loss in curves.items():
+        record.probes.append(LengthProbe(kind="natural", length=length, loss=loss))
+    for length, error in (errors or {}).items():
+        record.probes.append(LengthProbe(kind="natural", length=length, error=error))
+    return record
+
+
+def test_loss_rising_past_the_context_fails_with_the_departure_point():
+    loss = torch.full((255,), 2.0)
+    loss[80:] = 4.0  # departs at 80, boundary 64
+    findings = length_extrapolation.analyze(length_record("rope", 64, {256: loss}))
+    fail = [f for f in findings if f.status == "fail"]
+    assert len(fail) == 1 and fail[0].check == "loss_beyond_context_natural"
+    assert 64 <= fail[0].details["effective_context"] <= 80
+    assert fail[0].value == pytest.approx(4.0 * (175 / 192) + 2.0 * (17 / 192) - 2.0, abs=0.01)
+
+
+def test_loss_that_holds_passes():
+    loss = 2.0 + 0.05 * torch.randn(255, generator=torch.Generator().manual_seed(0))
+    findings = length_extrapolation.analyze(length_record("alibi", 64, {256: loss}))
+    assert {f.status for f in findings} == {"pass"}
+
+
+def test_learned_positions_past_the_table_are_a_finding():
+    record = length_record("learned", 64, {64: torch.full((63,), 2.0)},
+                           errors={128: "position 127 is past the learned position table (64 positions)"})
+    findings = length_extrapolation.analyze(record)
+    table = by_check(findings, "position_table")
+    assert table and table[0].status == "fail" and "128 tokens" in table[0].message
+
+
+def test_no_probe_beyond_context_is_a_skip_naming_the_cap():
+    record = length_record("rope", 8192, {1024: torch.full((1023,), 3.0)})
+    record.skipped_lengths = [16384]
+    findings = length_extrapolation.analyze(record)
+    assert [f.status for f in findings] == ["skip"] and "16,384" in findings[0].message
+
+
+def test_repeated_probe_ignores_its_unpredictable_first_block():
+    loss = torch.full((255,), 0.1)
+    loss[:31] = 5.0  # first block of 32: unpredictable by construction
+    record = LengthRecord(boundary=64, trained_context=64, positions="rope")
+    record.probes.append(LengthProbe(kind="repeated", length=256, loss=loss, block_len=32))
+    assert {f.status for f in length_extrapolation.analyze(record)} == {"pass"}
+
+
+def tiny_model() -> HookedDecoder:
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, max_positions=32)
+    return HookedDecoder(config).eval()
+
+
+def test_nonfinite_weights_name_the_first_tensor():
+    model = tiny_model()
+    assert nonfinite.scan_weights(model)[0].status == "pass"
+    with torch.no_grad():
+        model.blocks[1].mlp.w_in.weight[0, 0] = math.nan
+    finding = nonfinite.scan_weights(model)[0]
+    assert finding.status == "fail" and finding.where.layer == 1 and "blocks.1.mlp.w_in.weight" in finding.message
+
+
+def test_nonfinite_activations_name_the_first_sublayer():
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].attn.v.weight[:] = math.inf
+    watch = nonfinite.ActivationWatch(model)
+    with torch.no_grad(), model.hooks(watch.hooks()):
+        model(torch.randint(0, 64, (1, 8)))
+    finding = watch.findings()[0]
+    assert finding.status == "fail" and finding.where.layer == 1 and finding.where.sublayer == "attn"
+    healthy = nonfinite.ActivationWatch(tiny_model())
+    with torch.no_grad(), healthy.model.hooks(healthy.hooks()):
+        healthy.model(torch.randint(0, 64, (1, 8)))
+    assert healthy.findings()[0].status == "pass"
+
+
+def test_default_profile_carries_every_analyzer_threshold_with_its_source():
+    from workbench.profiles import load_profile
+
+    profile = load_profile("default")
+    for module in (saturation, routing_collapse, length_extrapolation):
+        assert set(profile.thresholds[module.NAME]) == set(module.THRESHOLDS)
+        for name, (value, source) in module.THRESHOLDS.items():
+            assert profile.thresholds[module.NAME][name] == value
+            assert profile.threshold_sources[module.NAME][name] == source

@@ -1,0 +1,106 @@
+"""Terminal view of a report: rich renderables for ``cli.py`` to print.
+
+:func:`summary_panel` and :func:`findings_table` build renderables and print nothing;
+:func:`render` prints both to the console the caller passes in. Report strings (model names,
+messages, fixes) may contain ``[...]`` that rich would read as markup, so every one is wrapped
+in :class:`rich.text.Text`, which rich never parses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from workbench.findings import STATUS_ORDER
+from workbench.report.format import format_number, sorted_findings, value_text, where_text
+from workbench.report.schema import SECTIONS
+
+STATUS_STYLES = {"pass": "green", "info": "blue", "skip": "dim", "warn": "yellow", "fail": "bold red"}
+
+
+def status_text(status: str, upper: bool = True) -> Text:
+    """``status`` in its colour."""
+    return Text(status.upper() if upper else status, style=STATUS_STYLES.get(status, ""))
+
+
+
+def findings_table(
+    report: dict[str, Any], statuses: tuple[str, ...] | None = None, limit: int | None = None
+) -> Table:
+    """The findings, fail first; only ``statuses`` when given, at most ``limit`` rows (the
+    caption says how many were left out)."""
+    findings = sorted_findings(report.get("findings") or [])
+    if statuses is not None:
+        findings = [f for f in findings if f["status"] in statuses]
+    shown = findings if limit is None else findings[:limit]
+    table = Table(title="Findings", title_justify="left", expand=True, show_lines=False, pad_edge=False)
+    table.add_column("status", no_wrap=True)
+    table.add_column("analyzer", style="cyan", overflow="fold", max_width=22)
+    table.add_column("check", overflow="fold", max_width=24)
+    table.add_column("where", overflow="fold", max_width=20)
+    table.add_column("value vs threshold", justify="right", overflow="fold", max_width=22)
+    table.add_column("message", ratio=1, overflow="fold", min_width=30)
+    for finding in shown:
+        message = Text(finding["message"])
+        if finding.get("fix"):
+            message.append("\n\u2192 ", style="dim")
+            message.append(finding["fix"], style="italic")
+        table.add_row(
+            status_text(finding["status"]),
+            Text(finding["analyzer"]),
+            Text(finding["check"]),
+            Text(where_text(finding.get("where"))),
+            Text(value_text(finding)),
+            message,
+        )
+    hidden = len(findings) - len(shown)
+    if hidden:
+        table.caption = f"{hidden} more not shown"
+    if not findings:
+        table.caption = "no findings"
+    return table
+
+
+def summary_panel(report: dict[str, Any]) -> Panel:
+    """Model, run, overall status and counts per status and analyzer."""
+    model, run, summary = report["model"], report["run"], report["summary"]
+    lines = Text()
+    lines.append("overall ", style="bold")
+    lines.append_text(status_text(summary["status"]))
+    lines.append("   ")
+    for status in sorted(STATUS_ORDER, key=STATUS_ORDER.__getitem__, reverse=True):
+        count = summary["counts"].get(status, 0)
+        if count:
+            lines.append(f"{count} ", style="bold")
+            lines.append_text(status_text(status, upper=False))
+            lines.append("  ")
+    lines.append("\n")
+    for name, status in sorted(summary["analyzers"].items()):
+        lines.append(f"{name} ")
+        lines.append_text(status_text(status, upper=False))
+        lines.append("  ")
+    facts = Text(style="dim")
+    facts.append(f"\nrun {run['id']} \u00b7 {run['command']} \u00b7 profile {run['profile']} \u00b7 seed {run['seed']}")
+    facts.append(f"\n{run['device']} \u00b7 {run['dtype']} \u00b7 {run['backend']} backend \u00b7 ")
+    facts.append(f"{format_number(run['duration_seconds'])} s \u00b7 {format_number(model['n_params'])} parameters")
+    not_run = [name for name in SECTIONS if report.get(name) is None]
+    if not_run:
+        facts.append(f"\nnot run: {', '.join(not_run)}")
+    title = Text(model["name"], style="bold")
+    return Panel(Group(lines, facts), title=title, title_align="left",
+                 border_style=STATUS_STYLES.get(summary["status"], ""))  # fmt: skip
+
+
+def render(report: dict[str, Any], console: Console, show_pass: bool = False) -> None:
+    """Print the summary panel and the findings table (without passing checks unless
+    ``show_pass``) to ``console``."""
+    console.print(summary_panel(report))
+    statuses = None if show_pass else tuple(s for s in STATUS_ORDER if s != "pass")
+    console.print(findings_table(report, statuses=statuses))
+    passed = report["summary"]["counts"].get("pass", 0)
+    if not show_pass and passed:
+        console.print(Text(f"{passed} passing check{'s' if passed != 1 else ''} not shown", style="dim"))
