@@ -32,7 +32,7 @@ def init_weights(model: nn.Module, std: float = 0.15, seed: int = 0) -> nn.Modul
     """Seeded normal(0, std) weights; norm scales near 1 so activations keep their size."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module_name, module in model.named_modules():
+        for module in model.modules():
             for name, param in module.named_parameters(recurse=False):
                 noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
                 if "norm" in type(module).__name__.lower() and name == "weight":
@@ -57,6 +57,24 @@ def padded_batch(
     input_ids = input_ids.masked_fill(mask == 0, 0)
     position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     return input_ids, mask, position_ids
+
+
+@pytest.fixture
+def single_thread(request: pytest.FixtureRequest):
+    """One intra-op thread for tiny models (not for ``slow`` ones).
+
+    Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine the spinning
+    threads made these tests up to 30x slower.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --- transformers families ------------------------------------------------------------------
@@ -108,50 +126,132 @@ def _rope(kind: str, **params: Any) -> dict[str, Any]:
 
 
 _CASES = [
-    FamilyCase("gpt2", "gpt2", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                    bos_token_id=1, eos_token_id=2)),
-    FamilyCase("gpt2-eager", "gpt2", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                          bos_token_id=1, eos_token_id=2), attn_implementation="eager"),
+    FamilyCase(
+        "gpt2",
+        "gpt2",
+        dict(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=1, eos_token_id=2
+        ),
+    ),
+    FamilyCase(
+        "gpt2-eager",
+        "gpt2",
+        dict(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=1, eos_token_id=2
+        ),
+        attn_implementation="eager",
+    ),
     FamilyCase("llama", "llama", _LLAMA),
     FamilyCase("llama-eager", "llama", _LLAMA, attn_implementation="eager"),
-    FamilyCase("llama-mqa-tied-bias", "llama", {**_LLAMA, "num_key_value_heads": 1, "tie_word_embeddings": True,
-                                                "attention_bias": True, "mlp_bias": True}),
-    FamilyCase("llama-rope-llama3", "llama", {**_LLAMA, **_rope(
-        "llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)}),
-    FamilyCase("llama-rope-yarn", "llama", {**_LLAMA, **_rope(
-        "yarn", factor=4.0, original_max_position_embeddings=16)}),
+    FamilyCase(
+        "llama-mqa-tied-bias",
+        "llama",
+        {
+            **_LLAMA,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": True,
+            "attention_bias": True,
+            "mlp_bias": True,
+        },
+    ),
+    FamilyCase(
+        "llama-rope-llama3",
+        "llama",
+        {
+            **_LLAMA,
+            **_rope(
+                "llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        },
+    ),
+    FamilyCase(
+        "llama-rope-yarn",
+        "llama",
+        {**_LLAMA, **_rope("yarn", factor=4.0, original_max_position_embeddings=16)},
+    ),
     FamilyCase("llama-rope-linear", "llama", {**_LLAMA, **_rope("linear", factor=2.0)}),
     # max_position_embeddings below SEQ_LEN, so the dynamic NTK base actually grows.
-    FamilyCase("llama-rope-dynamic", "llama", {**_LLAMA, "max_position_embeddings": 8, **_rope(
-        "dynamic", factor=2.0)}),
+    FamilyCase(
+        "llama-rope-dynamic",
+        "llama",
+        {**_LLAMA, "max_position_embeddings": 8, **_rope("dynamic", factor=2.0)},
+    ),
     # A window of 4 < SEQ_LEN, so it changes the result.
     FamilyCase("mistral-window", "mistral", {**_LLAMA, "sliding_window": 4}),
     FamilyCase("qwen2", "qwen2", _LLAMA),
-    FamilyCase("qwen2-window", "qwen2", {**_LLAMA, "num_hidden_layers": 3, "use_sliding_window": True,
-                                         "sliding_window": 4, "max_window_layers": 1,
-                                         "layer_types": ["full_attention", "sliding_attention",
-                                                         "sliding_attention"]}),
+    FamilyCase(
+        "qwen2-window",
+        "qwen2",
+        {
+            **_LLAMA,
+            "num_hidden_layers": 3,
+            "use_sliding_window": True,
+            "sliding_window": 4,
+            "max_window_layers": 1,
+            "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+        },
+    ),
     FamilyCase("mixtral", "mixtral", {**_LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2}),
     # Layer 1 is dense (mlp_only_layers) with the full intermediate_size; 0 and 2 are MoE.
-    FamilyCase("qwen2_moe", "qwen2_moe", {**_LLAMA, "num_hidden_layers": 3, "num_experts": 4,
-                                          "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-                                          "shared_expert_intermediate_size": 24, "norm_topk_prob": False,
-                                          "decoder_sparse_step": 1, "mlp_only_layers": [1]}),
+    FamilyCase(
+        "qwen2_moe",
+        "qwen2_moe",
+        {
+            **_LLAMA,
+            "num_hidden_layers": 3,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "norm_topk_prob": False,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [1],
+        },
+    ),
     # transformers has no SDPA path for BLOOM: eager only. 6 heads: ALiBi's non-power-of-2 rule.
-    FamilyCase("bloom", "bloom", dict(vocab_size=VOCAB, hidden_size=36, n_layer=2, n_head=6,
-                                      bos_token_id=1, eos_token_id=2),
-               attn_implementation="eager", takes_position_ids=False),
+    FamilyCase(
+        "bloom",
+        "bloom",
+        dict(vocab_size=VOCAB, hidden_size=36, n_layer=2, n_head=6, bos_token_id=1, eos_token_id=2),
+        attn_implementation="eager",
+        takes_position_ids=False,
+    ),
     # qkv_bias off, renormalised top-k, every second layer sparse (decoder_sparse_step 2).
-    FamilyCase("qwen2_moe-step2", "qwen2_moe", {**_LLAMA, "num_hidden_layers": 3, "num_experts": 4,
-                                                "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-                                                "shared_expert_intermediate_size": 24, "qkv_bias": False,
-                                                "norm_topk_prob": True, "decoder_sparse_step": 2}),
+    FamilyCase(
+        "qwen2_moe-step2",
+        "qwen2_moe",
+        {
+            **_LLAMA,
+            "num_hidden_layers": 3,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "qkv_bias": False,
+            "norm_topk_prob": True,
+            "decoder_sparse_step": 2,
+        },
+    ),
     # DeepSeek-style YaRN: the attention factor comes from mscale / mscale_all_dim.
-    FamilyCase("llama-rope-yarn-mscale", "llama", {**_LLAMA, **_rope(
-        "yarn", factor=4.0, original_max_position_embeddings=16, mscale=1.0, mscale_all_dim=0.5)}),
-    FamilyCase("bloom-4-heads", "bloom", dict(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4,
-                                              bos_token_id=1, eos_token_id=2),
-               attn_implementation="eager", takes_position_ids=False),
+    FamilyCase(
+        "llama-rope-yarn-mscale",
+        "llama",
+        {
+            **_LLAMA,
+            **_rope("yarn", factor=4.0, original_max_position_embeddings=16, mscale=1.0, mscale_all_dim=0.5),
+        },
+    ),
+    FamilyCase(
+        "bloom-4-heads",
+        "bloom",
+        dict(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
+        attn_implementation="eager",
+        takes_position_ids=False,
+    ),
 ]
 FAMILY_CASES: dict[str, FamilyCase] = {case.name: case for case in _CASES}
 
@@ -181,23 +281,49 @@ TINY_DECODERS: dict[str, DecoderConfig] = {
     "llama": DecoderConfig(**_TINY, n_kv_heads=2),
     "window": DecoderConfig(**_TINY, n_kv_heads=2, sliding_window=4),
     "yarn": DecoderConfig(**_TINY, rope_scaling=RopeScaling("yarn", 4.0, original_max_positions=16)),
-    "gpt2": DecoderConfig(**_TINY, positions="learned", norm="layernorm", activation="gelu_tanh",
-                          gated_mlp=False, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
-                          tie_embeddings=True),
-    "alibi": DecoderConfig(**{**_TINY, "n_heads": 6, "d_head": 6, "d_model": 36}, positions="alibi",
-                           norm="layernorm", activation="gelu_tanh", gated_mlp=False, qkv_bias=True,
-                           embed_norm=True),
-    "moe": DecoderConfig(**{**_TINY, "n_layers": 3}, n_kv_heads=2, n_experts=4, top_k=2, moe_layers=(0, 2),
-                         d_expert=16, d_shared_expert=24, norm_topk_prob=False),
+    "gpt2": DecoderConfig(
+        **_TINY,
+        positions="learned",
+        norm="layernorm",
+        activation="gelu_tanh",
+        gated_mlp=False,
+        qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+    ),
+    "alibi": DecoderConfig(
+        **{**_TINY, "n_heads": 6, "d_head": 6, "d_model": 36},
+        positions="alibi",
+        norm="layernorm",
+        activation="gelu_tanh",
+        gated_mlp=False,
+        qkv_bias=True,
+        embed_norm=True,
+    ),
+    "moe": DecoderConfig(
+        **{**_TINY, "n_layers": 3},
+        n_kv_heads=2,
+        n_experts=4,
+        top_k=2,
+        moe_layers=(0, 2),
+        d_expert=16,
+        d_shared_expert=24,
+        norm_topk_prob=False,
+    ),
 }
 
 
 @pytest.fixture(scope="session")
 def tiny_decoder() -> Callable[..., HookedDecoder]:
-    """``tiny_decoder(name, seed=0)``: a seeded HookedDecoder of ``TINY_DECODERS[name]``."""
+    """``tiny_decoder(name_or_config, seed=0)``: a seeded HookedDecoder in eval mode.
 
-    def build(name: str, seed: int = 0) -> HookedDecoder:
-        return init_weights(HookedDecoder(TINY_DECODERS[name]), seed=seed).eval()
+    ``name_or_config`` is a key of ``TINY_DECODERS`` or a DecoderConfig.
+    """
+
+    def build(name_or_config: str | DecoderConfig, seed: int = 0) -> HookedDecoder:
+        config = TINY_DECODERS[name_or_config] if isinstance(name_or_config, str) else name_or_config
+        return init_weights(HookedDecoder(config), seed=seed).eval()
 
     return build
 

@@ -20,6 +20,7 @@ from workbench.findings import Finding, Where, count_by_status, worst_status
 from workbench.profiles import get_architecture, get_device
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
+from workbench.report.schema import TIME_FIELDS
 
 HOSTILE_STRINGS = (
     '<img src=x onerror="window.__xss=1">',
@@ -85,7 +86,9 @@ def _attention(rng: random.Random, config: Any, labels: list[str], n_tokens: int
     ):  # fmt: skip
         pattern = []
         for query in range(start, start + rows):
-            peak = 0 if (layer, head) == SINK else (None if peak_shift is None else max(0, query - peak_shift))
+            peak = (
+                0 if (layer, head) == SINK else (None if peak_shift is None else max(0, query - peak_shift))
+            )
             row = _softmax_row(rng, query + 1, peak, sharp or (5.0 if peak == 0 else 0.0))
             pattern.append(row + [0.0] * (start + rows - len(row)))
         patterns.append({"layer": layer, "head": head, "start": start, "pattern": pattern})
@@ -113,11 +116,14 @@ def _residual(rng: random.Random, config: Any) -> dict[str, Any]:
         means[stat] = curve
     return {
         "layer_means": means,
-        "by_position": {stat: [[_round(v * rng.uniform(0.9, 1.1)) for _ in range(16)] for v in means[stat]]
-                        for stat in RESIDUAL_STATS},  # fmt: skip
+        "by_position": {
+            stat: [[_round(v * rng.uniform(0.9, 1.1)) for _ in range(16)] for v in means[stat]]
+            for stat in RESIDUAL_STATS
+        },  # fmt: skip
         "lens": {
             "positions": list(range(0, 2048, 16)),
-            "kl_mean": [_round(9.5 * math.exp(-4.0 * layer / layers) + 0.02) for layer in range(layers - 1)] + [0.0],
+            "kl_mean": [_round(9.5 * math.exp(-4.0 * layer / layers) + 0.02) for layer in range(layers - 1)]
+            + [0.0],
             "top1_mean": [_round(min(1.0, 0.02 + (layer / (layers - 1)) ** 2.2)) for layer in range(layers)],
         },
         "probe": "natural-T2048-s0",
@@ -150,7 +156,9 @@ def _routing(rng: random.Random, config: Any, n_tokens: int) -> dict[str, Any]:
     return {"layers": layers}
 
 
-def _loss_curve(rng: random.Random, length: int, trained: int, kind: str, buckets: int = 128) -> dict[str, Any]:
+def _loss_curve(
+    rng: random.Random, length: int, trained: int, kind: str, buckets: int = 128
+) -> dict[str, Any]:
     size = math.ceil(length / buckets)
     losses = []
     for index in range(math.ceil((length - 1) / size)):
@@ -309,7 +317,7 @@ def sample_report(hostile: bool = False, omit: Iterable[str] = (), seed: int = 0
         "run": {"id": "mixtral-8x7b-20261123T145500Z", "command": "diagnose",
                 "created_utc": "2026-11-23T14:55:00Z", "duration_seconds": 48.25, "profile": "default",
                 "seed": seed, "device": "cpu", "dtype": "float32", "backend": "native"},
-        "time_fields": ["run.created_utc", "run.duration_seconds", "timing"],
+        "time_fields": list(TIME_FIELDS),
         "model": {"source": source, "name": name, "model_type": config.model_type, "config": config.to_dict(),
                   "n_params": config.n_params, "weights_quant": None},
         "summary": {"status": overall if overall in ("warn", "fail") else "pass",

@@ -56,8 +56,9 @@ def test_sink_heads_are_info_not_saturation():
     sink[2] = 0.97  # all of layer 2's weight on the first token: sinks, not saturation
     findings = saturation.analyze(attention_record(max_prob, sink))
     assert not [f for f in findings if f.status in ("fail", "warn")]
-    sinks = by_check(findings, "sink_head")
-    assert [(f.where.layer, f.status) for f in sinks] == [(2, "info")] * H
+    sinks = by_check(findings, "sink_heads")
+    assert [(f.where.layer, f.status) for f in sinks] == [(2, "info")]
+    assert sinks[0].details["sink_heads"] == list(range(H))
 
 
 def test_one_sharp_head_is_a_warn():

@@ -15,7 +15,10 @@ import torch
 
 import workbench
 from workbench.checkpoint import CheckpointError
+from workbench.config import RopeScaling
 from workbench.gguf_file import SUPPORTED_TYPES
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def load_error(source, named: Path | str) -> str:
@@ -75,7 +78,9 @@ def test_folder_without_weights(llama_folder) -> None:
 # --- config.json ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["{not json", "", "[1, 2]", b"\xff\xfe\x00"], ids=["broken", "empty", "list", "binary"])
+@pytest.mark.parametrize(
+    "text", ["{not json", "", "[1, 2]", b"\xff\xfe\x00"], ids=["broken", "empty", "list", "binary"]
+)
 def test_config_that_is_not_a_json_object(text, llama_folder) -> None:
     path = llama_folder / "config.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -93,7 +98,15 @@ def test_config_that_is_not_a_json_object(text, llama_folder) -> None:
         ({"num_attention_heads": 3}, "does not describe a decoder"),
         ({"hidden_act": "swiglu-plus"}, "activation 'swiglu-plus'"),
     ],
-    ids=["no-model-type", "no-layers", "no-vocab", "hidden-size-string", "rope-string", "heads-vs-kv", "activation"],
+    ids=[
+        "no-model-type",
+        "no-layers",
+        "no-vocab",
+        "hidden-size-string",
+        "rope-string",
+        "heads-vs-kv",
+        "activation",
+    ],
 )
 def test_config_lacking_or_malformed_fields(changes: dict, message: str, llama_folder) -> None:
     edit_config(llama_folder, **changes)
@@ -178,6 +191,7 @@ class SystemOnLoad:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch, about the raw pickle
 @pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
 @pytest.mark.parametrize("payload", [TouchOnLoad, SystemOnLoad], ids=["path-touch", "os-system"])
 def test_malicious_pickle_is_refused_and_not_run(payload, container: str, llama_folder, tmp_path) -> None:
@@ -208,19 +222,39 @@ def test_truncated_pickle(family_cases, tmp_path) -> None:
 
 
 def _llama_cpp_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """The rotary interleave llama.cpp applies to q/k rows (the loader undoes it)."""
+    """The rotary interleave llama.cpp's converter applies to llama q/k rows (the loader undoes it)."""
     rows, rest = weight.shape[0], weight.shape[1:]
     return weight.reshape(n_heads, 2, rows // n_heads // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
-GGUF_NAMES = {"embed.weight": "token_embd.weight", "ln_final.weight": "output_norm.weight",
-              "unembed.weight": "output.weight", "ln1": "attn_norm", "ln2": "ffn_norm", "attn.q": "attn_q",
-              "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output", "mlp.w_gate": "ffn_gate",
-              "mlp.w_in": "ffn_up", "mlp.w_out": "ffn_down"}
+GGUF_NAMES = {
+    "embed.weight": "token_embd.weight",
+    "ln_final.weight": "output_norm.weight",
+    "unembed.weight": "output.weight",
+    "ln1": "attn_norm",
+    "ln2": "ffn_norm",
+    "attn.q": "attn_q",
+    "attn.k": "attn_k",
+    "attn.v": "attn_v",
+    "attn.o": "attn_output",
+    "mlp.w_gate": "ffn_gate",
+    "mlp.w_in": "ffn_up",
+    "mlp.w_out": "ffn_down",
+}
 
 
-def write_gguf(model, path: Path, arch: str = "llama", quant_tensor: str | None = None) -> Path:
-    """Write ``model`` (a llama-style HookedDecoder) as an fp32 GGUF file."""
+def write_gguf(
+    model,
+    path: Path,
+    arch: str = "llama",
+    quant_tensor: str | None = None,
+    rope_scaling: tuple[str, float] | None = None,
+    extra_tensors: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write ``model`` (a llama-style HookedDecoder) as an fp32 GGUF file, as llama.cpp lays it out.
+
+    ``quant_tensor`` is written as IQ2_XXS bytes instead; ``rope_scaling`` is (type, factor).
+    """
     import gguf
 
     config = model.config
@@ -232,24 +266,33 @@ def write_gguf(model, path: Path, arch: str = "llama", quant_tensor: str | None 
     writer.add_feed_forward_length(config.d_mlp)
     writer.add_head_count(config.n_heads)
     writer.add_head_count_kv(config.kv_heads)
+    writer.add_rope_dimension_count(config.d_head)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_vocab_size(config.vocab_size)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling[0]))
+        writer.add_rope_scaling_factor(rope_scaling[1])
+    tensors = {}
     for name, tensor in model.state_dict().items():
+        if name == "unembed.weight" and config.tie_embeddings:
+            continue
         array = tensor.numpy().astype(np.float32)
         if name.startswith("blocks."):
             _, layer, *module, kind = name.split(".")
             gguf_name = f"blk.{layer}.{GGUF_NAMES['.'.join(module)]}.{kind}"
-            if module == ["attn", "q"]:
+            if arch == "llama" and module == ["attn", "q"]:
                 array = _llama_cpp_rows(array, config.n_heads)
-            elif module == ["attn", "k"]:
+            elif arch == "llama" and module == ["attn", "k"]:
                 array = _llama_cpp_rows(array, config.kv_heads)
         else:
             gguf_name = GGUF_NAMES[name]
-        if gguf_name == quant_tensor:  # raw bytes of an IQ2_XXS tensor of the same element count
-            blocks = array.size // 256
-            writer.add_tensor(gguf_name, np.zeros((blocks, 66), dtype=np.uint8),
-                              raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
+        tensors[gguf_name] = array
+    tensors.update(extra_tensors or {})
+    for gguf_name, array in tensors.items():
+        if gguf_name == quant_tensor:  # IQ2_XXS bytes (66 per block of 256) of the same element count
+            raw = np.zeros((array.size // 256, 66), dtype=np.uint8)
+            writer.add_tensor(gguf_name, raw, raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
         else:
             writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
@@ -259,27 +302,61 @@ def write_gguf(model, path: Path, arch: str = "llama", quant_tensor: str | None 
     return path
 
 
-def test_gguf_round_trip(tiny_decoder, tmp_path) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_equals_transformers_gguf_loader(arch: str, tiny_decoder, tmp_path) -> None:
+    """The same file through transformers' GGUF loader and ours; llama q/k are interleaved, qwen2's not."""
+    import transformers
+
     model = tiny_decoder("llama")
-    path = write_gguf(model, tmp_path / "tiny.gguf")
+    if arch == "qwen2":  # with q/k/v biases, as Qwen2 has
+        model = tiny_decoder(model.config.replace(qkv_bias=True, model_type="qwen2"))
+    path = write_gguf(model, tmp_path / f"{arch}.gguf", arch=arch)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file=path.name, dtype=torch.float32
+    )
     loaded = workbench.load_model(path)
-    assert loaded.config.n_kv_heads == model.config.kv_heads
+    assert loaded.config.model_type == arch and loaded.config.qkv_bias == (arch == "qwen2")
     tokens = torch.randint(0, model.config.vocab_size, (2, 10))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+        expected = reference.eval()(tokens).logits
+        torch.testing.assert_close(expected, model(tokens), atol=1e-5, rtol=1e-5)  # the writer is right
+        torch.testing.assert_close(loaded(tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gguf_linear_rope_scaling(tiny_decoder, tmp_path) -> None:
+    model = tiny_decoder("llama")
+    path = write_gguf(model, tmp_path / "linear.gguf", rope_scaling=("linear", 2.0))
+    loaded = workbench.load_model(path)
+    assert loaded.config.rope_scaling == RopeScaling("linear", 2.0)
+    scaled = tiny_decoder(model.config.replace(rope_scaling=RopeScaling("linear", 2.0)))  # same weights
+    tokens = torch.randint(0, model.config.vocab_size, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), scaled(tokens), atol=1e-5, rtol=1e-5)
+        assert (scaled(tokens) - model(tokens)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rope_scaling=("yarn", 4.0)), "RoPE scaling 'yarn'"),
+        (dict(extra_tensors={"rope_freqs.weight": np.ones(4, dtype=np.float32)}), "rope_freqs.weight"),
+        (dict(arch="falcon"), "'falcon' is not supported"),
+    ],
+    ids=["yarn", "llama3-rope-freqs", "architecture"],
+)
+def test_gguf_unsupported_metadata(kwargs: dict, message: str, tiny_decoder, tmp_path) -> None:
+    path = write_gguf(tiny_decoder("llama"), tmp_path / "model.gguf", **kwargs)
+    assert message in load_error(path, path)
+    with pytest.raises(CheckpointError, match=message):
+        workbench.load_config(path)  # refused before any weight is read
 
 
 def test_gguf_unsupported_quantisation(tiny_decoder, tmp_path) -> None:
     assert "IQ2_XXS" not in SUPPORTED_TYPES
-    model = tiny_decoder("llama")  # d_mlp 48 x d_model 32 = 6 blocks of 256
+    model = tiny_decoder("llama")  # ffn_up: d_mlp 48 x d_model 32 = 6 blocks of 256
     path = write_gguf(model, tmp_path / "iq2.gguf", quant_tensor="blk.0.ffn_up.weight")
     message = load_error(path, path)
     assert "IQ2_XXS" in message and "blk.0.ffn_up.weight" in message
-
-
-def test_gguf_unsupported_architecture(tiny_decoder, tmp_path) -> None:
-    path = write_gguf(tiny_decoder("llama"), tmp_path / "falcon.gguf", arch="falcon")
-    assert "'falcon' is not supported" in load_error(path, path)
 
 
 def test_gguf_truncated(tiny_decoder, tmp_path) -> None:

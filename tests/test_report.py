@@ -18,7 +18,7 @@ from report_sample import HOSTILE_STRINGS, sample_report
 from rich.console import Console
 
 from workbench.report import writer
-from workbench.report.figures import pattern_figures
+from workbench.report.figures import kv_figures, length_figures, moving_average, pattern_figures
 from workbench.report.html import plotly_js, render_html, script_json
 from workbench.report.schema import SECTIONS, TIME_FIELDS, strip_time_fields, validate
 from workbench.report.terminal import findings_table, render, summary_panel
@@ -105,11 +105,11 @@ def test_validate_caps_the_number_of_problems(report: dict) -> None:
 def test_strip_time_fields(report: dict) -> None:
     stripped = strip_time_fields(report)
     assert report["time_fields"] == TIME_FIELDS
-    assert "created_utc" not in stripped["run"] and "duration_seconds" not in stripped["run"]
+    assert not {"created_utc", "duration_seconds", "id"} & set(stripped["run"])
     assert "timing" not in stripped and "time_fields" not in stripped
     assert stripped["run"]["seed"] == report["run"]["seed"] and report["timing"] is not None
     other = copy.deepcopy(report)
-    other["run"].update(created_utc="2030-01-01T00:00:00Z", duration_seconds=1.0)
+    other["run"].update(created_utc="2030-01-01T00:00:00Z", duration_seconds=1.0, id="other-20300101T000000Z")
     other["timing"]["wall_seconds"] = 99.0
     assert strip_time_fields(other) == stripped
 
@@ -142,6 +142,16 @@ def test_write_report_never_overwrites(report: dict, tmp_path: Path) -> None:
     again = write_report(report, tmp_path / "mine")
     assert (explicit.name, again.name) == ("mine", "mine-2")
     assert not (tmp_path / "unused").exists()
+
+
+def test_empty_run_id_becomes_the_folder_name(report: dict, tmp_path: Path) -> None:
+    report["run"]["id"] = ""
+    first = write_report(report, None, reports_root=tmp_path)
+    second = write_report(report, None, reports_root=tmp_path)
+    assert report["run"]["id"] == ""  # the caller's dict is left alone
+    for folder in (first, second):
+        assert json.loads((folder / "report.json").read_text())["run"]["id"] == folder.name
+        assert f'<dd class="mono">{folder.name}</dd>' in (folder / "report.html").read_text()
 
 
 def test_write_report_copies_traces_and_extra_files(report: dict, tmp_path: Path) -> None:
@@ -267,7 +277,9 @@ def test_html_is_self_contained(hostile_html: str) -> None:
 
 
 def test_html_content_security_policy_allows_exactly_the_inline_scripts(hostile_html: str) -> None:
-    policy = html.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', hostile_html)[1])
+    policy = html.unescape(
+        re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', hostile_html)[1]
+    )
     allowed = set(re.findall(r"'sha256-([^']+)'", policy))
     scripts = re.findall(r"<script>(.*?)</script>", hostile_html, re.DOTALL)
     assert len(scripts) == 2
@@ -306,6 +318,26 @@ def test_plot_strings_are_escaped_for_plotly() -> None:
     hostile = sample_report(hostile=True)
     ticks = [t for fig in pattern_figures(hostile["attention"]) for t in fig["layout"]["xaxis"]["ticktext"]]
     assert "&lt;img src=x on\u2026" in ticks and not any("<" in tick for tick in ticks)
+
+
+def test_length_figure_marks_the_trained_context_only_when_reached(report: dict) -> None:
+    layout = length_figures(report["length"])["fig-length-loss"]["layout"]
+    assert layout["shapes"][0]["x0"] == report["length"]["trained_context"]
+    report["length"]["trained_context"] = 10**7
+    layout = length_figures(report["length"])["fig-length-loss"]["layout"]
+    assert "shapes" not in layout and "is beyond the longest probe" in layout["title"]["text"]
+
+
+def test_moving_average_skips_nulls() -> None:
+    assert moving_average([1.0, None, 3.0, 5.0], 2) == [1.0, 2.0, 4.0, 4.0]
+    assert moving_average([None, None], 3) == [None, None]
+
+
+def test_kv_figure_uses_a_log_scale_for_a_small_model(report: dict) -> None:
+    assert kv_figures(report["kv"])["fig-kv-memory"]["layout"]["yaxis"].get("type") != "log"
+    for device in report["kv"]["devices"]:
+        device["usable_bytes"] *= 1000
+    assert kv_figures(report["kv"])["fig-kv-memory"]["layout"]["yaxis"]["type"] == "log"
 
 
 def test_sections_not_run_say_so() -> None:

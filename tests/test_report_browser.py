@@ -77,7 +77,9 @@ def open_report(browser: Any, report: dict[str, Any], path: Path) -> LoadedPage:
 
 @pytest.fixture(scope="module")
 def hostile(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedPage]:
-    loaded = open_report(browser, sample_report(hostile=True), tmp_path_factory.mktemp("html") / "report.html")
+    loaded = open_report(
+        browser, sample_report(hostile=True), tmp_path_factory.mktemp("html") / "report.html"
+    )
     yield loaded
     loaded.page.context.close()
 
@@ -100,7 +102,9 @@ def test_every_section_draws_its_charts(hostile: LoadedPage) -> None:
             assert box["width"] > 300 and box["height"] > 200, (section, index, box)
     assert page.locator(".plot-error").count() == 0
     # A heatmap drew its cells, a line chart its lines, the bar chart its bars.
-    assert page.locator("#fig-attention-entropy_norm .hm image, #fig-attention-entropy_norm .heatmaplayer image").count()
+    assert page.locator(
+        "#fig-attention-entropy_norm .hm image, #fig-attention-entropy_norm .heatmaplayer image"
+    ).count()
     assert page.locator("#fig-residual-lens .scatterlayer path.js-line").count() == 2
     assert page.locator("#fig-timing-layers .barlayer .point").count() == 4 * 32
     assert page.locator("#fig-length-loss .shapelayer path").count() >= 1  # the trained-context line
@@ -109,18 +113,29 @@ def test_every_section_draws_its_charts(hostile: LoadedPage) -> None:
 def test_pattern_viewer_switches_heads(hostile: LoadedPage) -> None:
     page = hostile.page
     title = page.locator("#fig-pattern .gtitle")
-    assert title.text_content().startswith("Layer 0, head 1")
-    page.select_option("#pattern-select", "1")
-    page.wait_for_function("document.querySelector('#fig-pattern .gtitle').textContent.startsWith('Layer 3')")
+
+    def wait_for(prefix: str) -> None:
+        page.wait_for_function(
+            f"document.querySelector('#fig-pattern .gtitle').textContent.startsWith('{prefix}')"
+        )
+
+    # It opens on the head of the most severe attention finding (the planted one-hot head).
     assert title.text_content().startswith("Layer 3, head 5")
+    assert page.input_value("#pattern-select") == "1"
     z = page.evaluate("document.getElementById('fig-pattern').data[0].z")
     assert z[5][4] > 0.9  # the planted previous-token head
+    page.select_option("#pattern-select", "0")
+    wait_for("Layer 0, head 1")
     page.click("#pattern-next")
-    page.wait_for_function("document.querySelector('#fig-pattern .gtitle').textContent.startsWith('Layer 12')")
-    assert page.input_value("#pattern-select") == "2"
+    wait_for("Layer 3, head 5")
+    page.click("#pattern-next")
+    wait_for("Layer 12, head 7")
     page.click("#pattern-next")
     page.click("#pattern-next")  # stops at the last head
+    wait_for("Layer 20, head 30")
     assert page.input_value("#pattern-select") == "3"
+    page.click("#pattern-prev")
+    wait_for("Layer 12, head 7")
 
 
 def test_hostile_text_is_shown_as_text(hostile: LoadedPage) -> None:
@@ -158,7 +173,9 @@ def test_screenshot(hostile: LoadedPage) -> None:
 
 
 def test_sections_not_run(browser: Any, tmp_path: Path) -> None:
-    loaded = open_report(browser, sample_report(omit=[s for s in SECTIONS if s != "kv"]), tmp_path / "report.html")
+    loaded = open_report(
+        browser, sample_report(omit=[s for s in SECTIONS if s != "kv"]), tmp_path / "report.html"
+    )
     page = loaded.page
     try:
         assert loaded.requests == [] and loaded.console_errors == [] and loaded.page_errors == []

@@ -26,15 +26,21 @@ from workbench.positions import apply_rope
 
 @dataclass
 class AttentionChunk:
-    """What an attention observer sees for rows ``[query_start, query_start + c)`` of one layer."""
+    """What an attention observer sees for rows ``[query_start, query_start + c)`` of one layer.
+
+    Keys are cut after the last one a row of the chunk can see (causal attention never looks
+    ahead), so the key axis has ``n <= n_keys`` entries: keys ``[0, n)``; the weight on the
+    others is zero.
+    """
 
     layer: int
     query_start: int  # index of the first query row among this forward's T rows
-    scores: torch.Tensor  # (B, H, c, S) scaled logits incl. position bias; -inf where masked
-    probs: torch.Tensor  # (B, H, c, S) softmax of scores
-    visible: torch.Tensor  # (B, 1, c, S) bool: which keys each query may see
+    scores: torch.Tensor | None  # (B, H, c, n) scaled logits incl. position bias; -inf where masked
+    probs: torch.Tensor  # (B, H, c, n) softmax of scores
+    visible: torch.Tensor  # (B or 1, 1, c, n) bool: which keys each query may see
     query_index: torch.Tensor  # (c,) absolute index of each query (cache offset included)
     scale: float  # the multiplier that was applied to q.k
+    n_keys: int = 0  # S, all keys of this forward (cached + new); 0 when unknown (= n)
 
 
 AttentionObserver = Callable[[AttentionChunk], None]
@@ -183,18 +189,24 @@ class Attention(nn.Module):
         visible_all = ctx.visible_or_causal(self.window)  # (B or 1, 1, T, S)
         full = self.hook_pattern.active or self.hook_attn_scores.active
         chunk = T if full else max(1, self.chunk_size)
-        q_grouped = q.view(B, K, group, T, D)
-        k_grouped, v_grouped = k[:, :, None], v[:, :, None]  # (B, K, 1, S, D)
+        # Scale q once (T x D) rather than every score (T x S); groups of query heads share a
+        # kv head, so each group's rows are stacked into one matmul against its K and V.
+        q_grouped = (q * self.scale).view(B, K, group, T, D)
         outputs = []
         for start in range(0, T, chunk):
             stop = min(start + chunk, T)
-            scores = (q_grouped[:, :, :, start:stop] @ k_grouped.transpose(-1, -2)) * self.scale
-            scores = scores.view(B, H, stop - start, S)
+            c = stop - start
+            visible = visible_all[:, :, start:stop]
+            n = self._key_limit(ctx, visible, S - T + stop)
+            visible = visible[..., :n]
+            q_chunk = q_grouped[:, :, :, start:stop].reshape(B, K, group * c, D)
+            scores = (q_chunk @ k[:, :, :n].transpose(-1, -2)).view(B, H, c, n)
             query_index = ctx.query_index[start:stop]
             if ctx.alibi is not None:
-                scores = scores + self._alibi_bias(ctx, query_index).to(scores.dtype)
-            visible = visible_all[:, :, start:stop]
-            scores = scores.masked_fill(~visible, float("-inf"))
+                scores = scores + self._alibi_bias(ctx, query_index)[..., :n].to(scores.dtype)
+            # Adding a 0 / -inf bias (c x n, broadcast over heads) is several times cheaper than
+            # masked_fill with a broadcast boolean mask.
+            scores = scores.add_(torch.where(visible, 0.0, float("-inf")).to(scores.dtype))
             if full:
                 scores = self.hook_attn_scores(scores)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -202,8 +214,17 @@ class Attention(nn.Module):
                 probs = self.hook_pattern(probs)
             if self.observer is not None:
                 self.observer(
-                    AttentionChunk(self.layer, start, scores, probs, visible, query_index, self.scale)
+                    AttentionChunk(self.layer, start, scores, probs, visible, query_index, self.scale, S)
                 )
-            z = probs.view(B, K, group, stop - start, S) @ v_grouped  # (B, K, g, c, D)
-            outputs.append(z.view(B, H, stop - start, D))
+            z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, D)
+            outputs.append(z.view(B, H, c, D))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+    @staticmethod
+    def _key_limit(ctx: ForwardContext, visible: torch.Tensor, causal_limit: int) -> int:
+        """How many leading keys a chunk needs: up to its last query's own key, unless padding
+        made a row see every key (see ForwardContext._build)."""
+        S = visible.shape[-1]
+        if causal_limit < S and ctx.key_valid is not None and bool(visible[..., causal_limit:].any()):
+            return S
+        return causal_limit

@@ -274,8 +274,12 @@ def _dispatch(model, device_map, max_memory, offload_folder):
 
     if device_map == "auto":
         device_map = _auto_device_map(model, max_memory)
-    if offload_folder is None and "disk" in set(device_map.values()):
-        offload_folder = tempfile.mkdtemp(prefix="workbench-offload-")
+    if "disk" in set(device_map.values()):
+        # Always a fresh folder: accelerate reuses whatever weights a folder already indexes,
+        # so a second model offloaded to the same folder would silently run the first's weights.
+        if offload_folder is not None:
+            Path(offload_folder).mkdir(parents=True, exist_ok=True)
+        offload_folder = tempfile.mkdtemp(prefix="workbench-offload-", dir=offload_folder)
     return dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
 
 

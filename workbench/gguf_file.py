@@ -1,8 +1,8 @@
 """GGUF files (llama.cpp's format): metadata -> DecoderConfig, tensors -> dequantised weights.
 
 Read with the ``gguf`` package; nothing here needs transformers. llama.cpp stores the query and
-key projections of Llama-style models with the rotary halves interleaved; they are permuted back
-to the "rotate half" layout the decoder (and transformers) use.
+key projections of ``llama`` models with the rotary halves interleaved; they are permuted back
+to the "rotate half" layout the decoder (and transformers) use. Qwen2 files need no permutation.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.config import ConfigError, DecoderConfig
+from workbench.config import ConfigError, DecoderConfig, RopeScaling
 
 # Architectures whose GGUF layout is the Llama one (the key map below).
 LLAMA_LIKE = {"llama", "mistral", "qwen2"}
+# Of those, the ones whose q/k rows llama.cpp's converter interleaves (its "normal" rotary
+# layout). Qwen2 uses the NeoX layout, which is already "rotate half": its rows are stored as is.
+INTERLEAVED_ROTARY = {"llama"}
 # ggml types the loader dequantises (gguf.dequantize handles these; others are refused).
 SUPPORTED_TYPES = {
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
@@ -69,6 +72,12 @@ def _config(reader, path: Path) -> DecoderConfig:
         vocab = len(tokens.data) if tokens is not None else None
     names = {t.name for t in reader.tensors}
     file_type = _field(reader, "general.file_type")
+    if "rope_freqs.weight" in names:
+        raise _error(path, "per-dimension RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported")
+    d_head = int(_field(reader, f"{arch}.attention.key_length", d_model // n_heads))
+    rotary_dims = int(_field(reader, f"{arch}.rope.dimension_count", d_head))
+    if rotary_dims != d_head:
+        raise _error(path, f"partial rotary embeddings ({rotary_dims} of {d_head} dims) are not supported")
     try:
         return DecoderConfig(
             vocab_size=int(vocab),
@@ -76,11 +85,12 @@ def _config(reader, path: Path) -> DecoderConfig:
             n_layers=int(need("block_count")),
             n_heads=n_heads,
             n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
-            d_head=int(_field(reader, f"{arch}.rope.dimension_count", d_model // n_heads)),
+            d_head=d_head,
             d_mlp=int(need("feed_forward_length")),
             max_positions=int(need("context_length")),
             positions="rope",
             rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            rope_scaling=_rope_scaling(reader, arch, path),
             norm="rmsnorm",
             norm_eps=float(need("attention.layer_norm_rms_epsilon")),
             activation="silu",
@@ -94,8 +104,20 @@ def _config(reader, path: Path) -> DecoderConfig:
             eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
             name=str(_field(reader, "general.name", path.stem)),
         )
-    except (ConfigError, TypeError) as error:
+    except (ConfigError, TypeError, ValueError) as error:
         raise _error(path, f"GGUF metadata does not describe a decoder ({error})") from None
+
+
+def _rope_scaling(reader, arch: str, path: Path) -> RopeScaling | None:
+    kind = _field(reader, f"{arch}.rope.scaling.type", "none")
+    if kind == "none":
+        return None
+    if kind != "linear":  # yarn's llama.cpp parameters do not map one-to-one onto transformers'
+        raise _error(path, f"GGUF RoPE scaling {kind!r} is not supported (none, linear)")
+    factor = _field(reader, f"{arch}.rope.scaling.factor")
+    if factor is None:
+        raise _error(path, f"GGUF metadata lacks {arch}.rope.scaling.factor")
+    return RopeScaling("linear", float(factor))
 
 
 def read_config(path: Path) -> DecoderConfig:
@@ -148,9 +170,9 @@ def read_checkpoint(path: Path) -> tuple[DecoderConfig, dict[str, torch.Tensor]]
             weight = np.array(gguf.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         except (NotImplementedError, ValueError) as error:
             raise _error(path, f"cannot dequantise {tensor.name} ({type_name}): {error}") from None
-        if tensor.name.startswith("blk.") and ".attn_q." in tensor.name:
+        if config.model_type in INTERLEAVED_ROTARY and ".attn_q." in tensor.name:
             weight = _unpermute(weight, config.n_heads)
-        elif tensor.name.startswith("blk.") and ".attn_k." in tensor.name:
+        elif config.model_type in INTERLEAVED_ROTARY and ".attn_k." in tensor.name:
             weight = _unpermute(weight, config.kv_heads)
         state[name] = torch.from_numpy(np.ascontiguousarray(weight))
     return config, state

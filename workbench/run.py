@@ -148,7 +148,7 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         say(f"recording a {probe.length}-token {probe.kind} probe")
         recording, watch_findings = _record_main(model, probe, wanted)
         findings += watch_findings
-    labels = token_labels(tokenizer, probe.tokens[0, :64].tolist())
+    labels = token_labels(tokenizer, probe.tokens[0, :48].tolist())
     findings += _analyze_records(recording, config, profile, wanted, sections, probe, labels)
 
     if "length" in wanted:
@@ -190,7 +190,7 @@ def _record_main(model: Any, probe: Any, wanted: set[str]):
     from workbench.recorders import PatternRequest, record
 
     config = model.config
-    rows = min(probe.length, 64)
+    rows = min(probe.length, 48)
     patterns = [PatternRequest(layer, head, 0, rows) for layer in range(config.n_layers)
                 for head in range(config.n_heads)]
     watch = ActivationWatch(model) if "nonfinite" in wanted else None

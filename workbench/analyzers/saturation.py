@@ -107,15 +107,17 @@ def _layer_findings(record: AttentionRecord, metrics, layer: int, t: dict[str, f
     saturated = [h for h in heads if h not in sinks and metrics["onehot_fraction"][layer, h] >= t["saturated_fraction"]]
     logit_std = float(torch.nanmedian(metrics["logit_std"][layer]))
     expected_factor = math.sqrt(record.d_head)
-    for head in sinks:
+    if sinks:
+        strongest = max(sinks, key=lambda h: float(metrics["sink_mass"][layer, h]))
+        masses = ", ".join(f"H{h} {float(metrics['sink_mass'][layer, h]):.0%}" for h in sinks)
         findings.append(Finding(
-            NAME, "sink_head", "info",
-            f"layer {layer} head {head} is an attention sink: "
-            f"{float(metrics['sink_mass'][layer, head]):.0%} of its weight goes to the first token. "
-            "Trained models use sinks as a no-op; this is not saturation.",
-            where=Where(layer=layer, head=head), metric="sink_mass",
-            value=round(float(metrics["sink_mass"][layer, head]), 4), threshold=t["sink_mass"],
-            details=_details(metrics, layer, head),
+            NAME, "sink_heads", "info",
+            f"layer {layer}: {len(sinks)} attention sink head{'s' if len(sinks) > 1 else ''} "
+            f"({masses} of weight on the first token). Trained models use sinks as a no-op; "
+            "this is not saturation.",
+            where=Where(layer=layer, head=strongest), metric="sink_mass",
+            value=round(float(metrics["sink_mass"][layer, strongest]), 4), threshold=t["sink_mass"],
+            details={"sink_heads": sinks, **_details(metrics, layer, strongest)},
         ))
     share = len(saturated) / record.n_heads
     if share >= t["layer_fraction"]:

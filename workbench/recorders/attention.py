@@ -52,31 +52,40 @@ def chunk_statistics(
 ) -> dict[str, torch.Tensor]:
     """Reduce one chunk: ``probs [B, H, c, S]``, ``visible [B|1, 1, c, S]`` -> each ``[B, H, c]``.
 
-    Without ``scores`` (e.g. a backend that only sees probabilities), the logit spread is taken
-    from log-probabilities, which differ from the logits by a per-row constant.
+    With ``scores`` (-inf where masked) every statistic is one reduction over the chunk, with no
+    logarithm per key: scores are shifted by the row's top score ``m``, entropy is
+    ``-log p_max - E_p[s - m]``, and the spread is ``E[(s-m)^2] - E[s-m]^2`` over visible keys,
+    whose fp32 rounding is about ``1e-7 (1 + z^2)`` relative, z the top score's z-score. Without
+    ``scores`` (a backend that only sees probabilities) both come from log-probabilities, which
+    differ from the logits by a per-row constant, and the spread is taken in two passes.
     """
     p = probs.float()
-    visible = visible.expand(p.shape[0], 1, *visible.shape[2:])
-    n_visible = visible.sum(-1).float()  # (B, 1, c)
-    entropy = -torch.special.xlogy(p, p).sum(-1)  # (B, H, c)
-    log_n = torch.log(n_visible)
-    entropy_norm = torch.where(n_visible > 1, entropy / log_n.clamp_min(1e-12), torch.nan)
+    B, H, c, S = p.shape
+    visible = visible.expand(B, 1, c, S)
+    n_visible = visible.sum(-1, dtype=torch.float32)  # (B, 1, c)
     max_prob, argmax = p.max(dim=-1)
     first_visible = visible.to(torch.uint8).argmax(dim=-1, keepdim=True)  # (B, 1, c, 1)
-    sink = p.gather(-1, first_visible.expand(p.shape[0], p.shape[1], -1, 1)).squeeze(-1)
-    key_index = torch.arange(p.shape[-1], device=p.device, dtype=torch.float32)
-    distance = (query_index.to(p.device, torch.float32)[:, None] - key_index[None, :]).clamp_min(0)
-    mean_distance = (p * distance).sum(-1)
+    sink = p.gather(-1, first_visible.expand(B, H, c, 1)).squeeze(-1)
+    key_index = torch.arange(S, device=p.device, dtype=torch.float32)
+    distance = (query_index.to(p.device, torch.float32)[:, None] - key_index[None, :]).clamp_min_(0)
+    mean_distance = torch.linalg.vecdot(p, distance)  # (c, S) broadcast over B, H
     if scores is not None:
-        logits = scores.float()
+        # Shift each row by its top score m = s[argmax p]; hidden keys (-inf) become 0.
+        top = scores.gather(-1, argmax[..., None]).float()
+        shifted = (scores.float() - top).nan_to_num_(neginf=0.0)  # s - m where visible, else 0
+        # H = -E_p[log p] with log p = (s - m) - (lse - m) and lse - m = -log p_max: a sum of
+        # two non-negative terms, so nothing cancels.
+        entropy = (-torch.log(max_prob) - torch.linalg.vecdot(p, shifted)).clamp_min_(0)
+        mean = shifted.sum(-1) / n_visible
+        var = (torch.linalg.vecdot(shifted, shifted) / n_visible - mean.square()).clamp_min_(0)
     else:
-        logits = torch.log(p.clamp_min(torch.finfo(torch.float32).tiny))
-    hidden = ~visible
-    mean = logits.masked_fill(hidden, 0.0).sum(-1) / n_visible
-    # Two passes (centre, then square): E[x^2] - E[x]^2 cancels catastrophically when the
-    # spread is small next to the mean, as it is for log-probabilities (mean about -log S).
-    centred = (logits - mean[..., None]).masked_fill_(hidden, 0.0)
-    var = centred.square_().sum(-1) / n_visible
+        entropy = -torch.special.xlogy(p, p).sum(-1)
+        hidden = ~visible
+        logits = torch.log(p.clamp_min(torch.finfo(torch.float32).tiny)).masked_fill_(hidden, 0.0)
+        mean = logits.sum(-1) / n_visible
+        centred = (logits - mean[..., None]).masked_fill_(hidden, 0.0)
+        var = centred.square_().sum(-1) / n_visible
+    entropy_norm = torch.where(n_visible > 1, entropy / torch.log(n_visible).clamp_min(1e-12), torch.nan)
     logit_std = torch.where(n_visible > 1, var.sqrt(), torch.nan)
     return {
         "entropy": entropy,
@@ -113,7 +122,7 @@ class AttentionRecord:
         """``[layers, heads]`` mean of ``stat`` over query positions ``>= skip_first`` (NaN-aware)."""
         return torch.nanmean(self.stats[stat][:, :, skip_first:], dim=-1)
 
-    def to_dict(self, max_positions: int = 256) -> dict[str, Any]:
+    def to_dict(self, max_positions: int = 64) -> dict[str, Any]:
         """JSON-ready: per-head means, and per-position curves averaged into at most
         ``max_positions`` buckets."""
         return {
@@ -129,7 +138,7 @@ class AttentionRecord:
             "bucket_size": math.ceil(self.n_tokens / max_positions) if self.n_tokens > max_positions else 1,
             "patterns": [
                 {"layer": layer, "head": head, "start": self.pattern_start[(layer, head)],
-                 "pattern": _nan_to_none(pattern)}
+                 "pattern": _nan_to_none(pattern, digits=3)}
                 for (layer, head), pattern in sorted(self.patterns.items())
             ],
             "patterns_dropped": self.patterns_dropped,
@@ -146,14 +155,15 @@ def bucket(values: torch.Tensor, max_positions: int) -> torch.Tensor:
     return torch.nanmean(padded.reshape(*values.shape[:-1], -1, size), dim=-1)
 
 
-def _nan_to_none(values: torch.Tensor) -> Any:
-    """Nested lists with NaN as None (JSON has no NaN), rounded to 6 significant digits."""
+def _nan_to_none(values: torch.Tensor, digits: int = 5) -> Any:
+    """Nested lists with NaN as None (JSON has no NaN), rounded to ``digits`` significant digits."""
     data = values.tolist()
+    form = f".{digits}g"
 
     def clean(x: Any) -> Any:
         if isinstance(x, list):
             return [clean(v) for v in x]
-        return None if (isinstance(x, float) and math.isnan(x)) else float(f"{x:.6g}")
+        return None if (isinstance(x, float) and math.isnan(x)) else float(format(x, form))
 
     return clean(data)
 
@@ -237,6 +247,11 @@ class AttentionRecorder:
         if lo >= hi:
             return
         rows = chunk.probs[0, head, lo - chunk.query_start : hi - chunk.query_start, : request.stop]
+        # The chunk may hold fewer keys than the forward (see AttentionChunk): pad with the zero
+        # weight of the keys it left out, so every kept row has the same width.
+        width = min(request.stop, max(chunk.n_keys, chunk.probs.shape[-1]))
+        if rows.shape[-1] < width:
+            rows = torch.nn.functional.pad(rows, (0, width - rows.shape[-1]))
         key = (request.layer, head)
         nbytes = rows.numel() * 4
         if self._pattern_bytes + nbytes > self.pattern_budget_bytes:

@@ -1,83 +1,36 @@
 """Plotly figures of the report's sections, as plain ``{"data", "layout"}`` dicts.
 
 The HTML page hands each dict to ``Plotly.newPlot`` unchanged, so everything a chart shows is
-decided here (and testable without a browser). Plotly renders trace names, titles, tick and
-hover texts through its own small HTML-like markup (``<b>``, ``<br>``, ``<a href>``); every
-string that may come from a user, a prompt or a tokenizer goes through :func:`plot_text`, which
-escapes ``&``, ``<`` and ``>`` so that Plotly shows it literally instead of interpreting it.
+decided here (and testable without a browser). Every string that may come from a user, a prompt
+or a tokenizer goes through :func:`charts.plot_text` before it reaches a chart.
 
 Figure ids (the keys of the returned dicts) are fixed strings: they become DOM ids.
 """
 
 from __future__ import annotations
 
-import html
-import math
 from typing import Any
 
-GIB = 2**30
-FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
-PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563",
-           "#65a30d", "#9333ea"]  # fmt: skip
+from workbench.report.charts import (
+    GIB,
+    PALETTE,
+    PATTERN_SCALE,
+    Figure,
+    base_layout,
+    index_axis,
+    line_trace,
+    make_figure,
+    moving_average,
+    plot_text,
+    token_ticks,
+)
+
 ATTENTION_STATS = {
     "entropy_norm": "Normalised entropy (1 = uniform, 0 = one key)",
     "max_prob": "Largest attention weight",
     "sink_mass": "Sink mass (weight on the first token)",
 }
-PATTERN_SCALE = [[0.0, "#ffffff"], [0.1, "#dbeafe"], [0.4, "#60a5fa"], [1.0, "#1e3a8a"]]
 TIMING_COMPONENTS = {"attn": "attention", "mlp": "MLP / experts", "router": "router", "other": "other"}
-Figure = dict[str, Any]
-
-
-def plot_text(value: Any, limit: int | None = None) -> str:
-    """``value`` as a string Plotly shows literally (markup escaped; newlines and tabs made
-    visible), cut to ``limit`` characters with an ellipsis."""
-    text = str(value).replace("\r", "\\r").replace("\n", "\u21b5").replace("\t", "\u2192")
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    return html.escape(text, quote=False)
-
-
-def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
-    axis = {"gridcolor": "#e5e7eb", "zerolinecolor": "#d1d5db", "linecolor": "#9ca3af", "automargin": True}
-    layout: dict[str, Any] = {
-        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
-        "font": {"family": FONT, "size": 12, "color": "#1f2937"},
-        "paper_bgcolor": "#ffffff",
-        "plot_bgcolor": "#ffffff",
-        "margin": {"l": 60, "r": 20, "t": 48, "b": 48},
-        "height": 360,
-        "xaxis": {**axis, "title": {"text": x_title}},
-        "yaxis": {**axis, "title": {"text": y_title}},
-        "legend": {"orientation": "h", "y": -0.22, "x": 0},
-        "hoverlabel": {"font": {"family": FONT}},
-    }
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(layout.get(key), dict):
-            layout[key] = {**layout[key], **value}
-        else:
-            layout[key] = value
-    return layout
-
-
-def _index_axis(count: int) -> dict[str, Any]:
-    """An axis of layer/head/expert numbers: every one labelled when they fit, else plotly picks
-    integer steps."""
-    axis: dict[str, Any] = {"tickangle": 0, "tickformat": "d", "range": [-0.5, count - 0.5]}
-    if count <= 16:
-        axis["dtick"] = 1
-    return axis
-
-
-def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> Figure:
-    return {"data": data, "layout": layout}
-
-
-def _ticks(labels: list[str], limit: int = 14, max_ticks: int = 64) -> dict[str, Any]:
-    """Tick values and escaped token texts for a numeric axis (every k-th when there are many)."""
-    step = max(1, math.ceil(len(labels) / max_ticks))
-    values = list(range(0, len(labels), step))
-    return {"tickmode": "array", "tickvals": values, "ticktext": [plot_text(labels[i], limit) for i in values]}
 
 
 # --- attention ---------------------------------------------------------------------------------
@@ -97,10 +50,10 @@ def attention_figures(attention: dict[str, Any]) -> dict[str, Figure]:
             "hovertemplate": "layer %{y}, head %{x}<br>" + stat + " %{z:.3f}<extra></extra>",
             "colorbar": {"thickness": 12},
         }  # fmt: skip
-        layout = _layout(title, "head", "layer", height=max(300, min(640, 80 + 14 * layers)))
-        layout["yaxis"].update(_index_axis(layers), range=[layers - 0.5, -0.5])
-        layout["xaxis"].update(_index_axis(heads))
-        figures[f"fig-attention-{stat}"] = _figure([heatmap], layout)
+        layout = base_layout(title, "head", "layer", height=max(300, min(640, 80 + 14 * layers)))
+        layout["yaxis"].update(index_axis(layers), range=[layers - 0.5, -0.5])
+        layout["xaxis"].update(index_axis(heads))
+        figures[f"fig-attention-{stat}"] = make_figure([heatmap], layout)
     return figures
 
 
@@ -109,7 +62,7 @@ def pattern_figures(attention: dict[str, Any]) -> list[Figure]:
     labels = [str(label) for label in attention.get("token_labels") or []]
     figures = []
     for captured in attention.get("patterns") or []:
-        rows = captured["pattern"]
+        rows = [[None if w is None else round(w, 4) for w in row] for row in captured["pattern"]]
         start = captured["start"]
         n_keys = max((len(row) for row in rows), default=0)
         keys = list(range(n_keys))
@@ -122,22 +75,20 @@ def pattern_figures(attention: dict[str, Any]) -> list[Figure]:
             "hovertemplate": "query %{y} \u2192 key %{x}<br>weight %{z:.3f}<extra></extra>",
         }  # fmt: skip
         title = f"Layer {captured['layer']}, head {captured['head']}: queries {start}\u2013{start + len(rows) - 1}"
-        side = max(420, min(900, 140 + 11 * max(len(rows), n_keys)))
-        layout = _layout(title, "key (attended token)", "query token", height=side)
+        side = max(560, min(900, 200 + 18 * max(len(rows), n_keys)))
+        layout = base_layout(title, "key (attended token)", "query token", height=side)
         layout["margin"] = {"l": 110, "r": 20, "t": 48, "b": 110}
-        layout["xaxis"].update(_ticks(key_labels), tickangle=-60, tickfont={"size": 10}, constrain="domain",
-                               scaleanchor="y")
-        layout["yaxis"].update(_ticks(query_labels), autorange="reversed", tickfont={"size": 10})
-        figures.append(_figure([heatmap], layout))
+        layout["xaxis"].update(
+            token_ticks(key_labels), tickangle=-60, tickfont={"size": 10}, constrain="domain", scaleanchor="y"
+        )
+        layout["yaxis"].update(
+            token_ticks(query_labels), autorange="reversed", tickfont={"size": 10}, constrain="domain"
+        )
+        figures.append(make_figure([heatmap], layout))
     return figures
 
 
 # --- residual ----------------------------------------------------------------------------------
-
-
-def _line(x: list[Any], y: list[Any], name: str, color: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "scatter", "mode": "lines+markers", "x": x, "y": y, "name": plot_text(name),
-            "line": {"color": color, "width": 2}, "marker": {"size": 5}, **extra}  # fmt: skip
 
 
 def residual_figures(residual: dict[str, Any]) -> dict[str, Figure]:
@@ -149,26 +100,48 @@ def residual_figures(residual: dict[str, Any]) -> dict[str, Figure]:
                                           ("mlp_ratio", "MLP |write| / |stream|"))):  # fmt: skip
         if stat in means:
             layers = list(range(len(means[stat])))
-            lines.append(_line(layers, means[stat], name, PALETTE[index],
-                               hovertemplate="layer %{x}: %{y:.3f}<extra>" + stat + "</extra>"))
+            lines.append(
+                line_trace(
+                    layers,
+                    means[stat],
+                    name,
+                    PALETTE[index],
+                    hovertemplate="layer %{x}: %{y:.3f}<extra>" + stat + "</extra>",
+                )
+            )
     if lines:
-        layout = _layout("Write ratio per layer", "layer", "|write| / |residual|")
-        layout["xaxis"].update(_index_axis(len(means.get("attn_ratio") or means.get("mlp_ratio"))))
-        figures["fig-residual-writes"] = _figure(lines, layout)
+        layout = base_layout("Write ratio per layer", "layer", "|write| / |residual|")
+        values = [v for line in lines for v in line["y"] if v is not None and v > 0]
+        if values and max(values) > 20 * min(values):
+            layout["yaxis"]["type"] = "log"
+            layout["title"]["text"] += " (log scale)"
+        layout["xaxis"].update(index_axis(len(means.get("attn_ratio") or means.get("mlp_ratio"))))
+        figures["fig-residual-writes"] = make_figure(lines, layout)
     lens = residual.get("lens")
     if lens:
         layers = list(range(len(lens["kl_mean"])))
-        kl = _line(layers, lens["kl_mean"], "KL(final \u2016 layer), nats", PALETTE[4],
-                   hovertemplate="layer %{x}: KL %{y:.3f} nats<extra></extra>")
-        top1 = _line(layers, lens["top1_mean"], "top-1 agrees with final", PALETTE[2], yaxis="y2",
-                     hovertemplate="layer %{x}: %{y:.1%}<extra></extra>")
+        kl = line_trace(
+            layers,
+            lens["kl_mean"],
+            "KL(final \u2016 layer), nats",
+            PALETTE[4],
+            hovertemplate="layer %{x}: KL %{y:.3f} nats<extra></extra>",
+        )
+        top1 = line_trace(
+            layers,
+            lens["top1_mean"],
+            "top-1 agrees with final",
+            PALETTE[2],
+            yaxis="y2",
+            hovertemplate="layer %{x}: %{y:.1%}<extra></extra>",
+        )
         top1["line"]["dash"] = "dot"
-        layout = _layout("Logit lens", "layer", "KL, nats")
-        layout["xaxis"].update(_index_axis(len(layers)))
+        layout = base_layout("Logit lens", "layer", "KL, nats")
+        layout["xaxis"].update(index_axis(len(layers)))
         layout["yaxis2"] = {"title": {"text": "top-1 agreement"}, "overlaying": "y", "side": "right",
-                            "range": [0, 1.02], "tickformat": ".0%", "showgrid": False}  # fmt: skip
+                            "range": [0, 1.02], "tickformat": ".0%", "dtick": 0.25, "showgrid": False}  # fmt: skip
         layout["margin"]["r"] = 60
-        figures["fig-residual-lens"] = _figure([kl, top1], layout)
+        figures["fig-residual-lens"] = make_figure([kl, top1], layout)
     return figures
 
 
@@ -205,7 +178,12 @@ def routing_figures(routing: dict[str, Any]) -> dict[str, Figure]:
         dead_x.extend(summary["dead"])
         dead_y.extend([row] * len(summary["dead"]))
     height = max(260, min(700, 90 + 26 * len(layers)))
-    ticks = {"tickmode": "array", "tickvals": y, "ticktext": [f"L{n}" for n in names], "autorange": "reversed"}
+    ticks = {
+        "tickmode": "array",
+        "tickvals": y,
+        "ticktext": [f"L{n}" for n in names],
+        "autorange": "reversed",
+    }
     figures = {}
     for key, z, title, label in (
         ("fig-routing-load", shares, "Load share per expert (dead experts crossed)", "share"),
@@ -222,11 +200,11 @@ def routing_figures(routing: dict[str, Any]) -> dict[str, Figure]:
                 "marker": {"symbol": "x-thin-open", "size": 16, "line": {"width": 3, "color": "#dc2626"}},
                 "hovertemplate": "expert %{x}: no tokens routed<extra>dead</extra>",
             })  # fmt: skip
-        layout = _layout(title, "expert", "MoE layer", height=height)
+        layout = base_layout(title, "expert", "MoE layer", height=height)
         layout["yaxis"].update(ticks)
-        layout["xaxis"].update(_index_axis(n_experts))
+        layout["xaxis"].update(index_axis(n_experts))
         layout["showlegend"] = False
-        figures[key] = _figure(data, layout)
+        figures[key] = make_figure(data, layout)
     return figures
 
 
@@ -234,31 +212,50 @@ def routing_figures(routing: dict[str, Any]) -> dict[str, Figure]:
 
 
 def length_figures(length: dict[str, Any]) -> dict[str, Figure]:
-    """Loss against position, one line per probe length, the trained context marked."""
+    """Loss against position, one line per probe length (a moving average over the raw curve,
+    which is drawn faintly), the trained context marked when the probes reach it."""
     lines = []
+    longest = 0
     for index, probe in enumerate(length.get("probes") or []):
         losses = probe.get("loss_by_position") or []
         if probe.get("error") or not losses:
             continue
         size = probe["bucket_size"]
         x = [i * size + (size - 1) / 2 for i in range(len(losses))]
+        longest = max(longest, probe["length"])
         name = f"{probe['kind']} \u00b7 {probe['length']:,} tokens"
-        line = _line(x, losses, name, PALETTE[index % len(PALETTE)],
-                     hovertemplate="position %{x:,.0f}: %{y:.3f} nats<extra>" + plot_text(name) + "</extra>")
+        color = PALETTE[index % len(PALETTE)]
+        window = len(losses) // 16
+        hover = "position %{x:,.0f}: %{y:.3f} nats<extra>" + plot_text(name) + "</extra>"
+        line = line_trace(x, losses, name, color, hovertemplate=hover)
         line["mode"] = "lines"
+        if window >= 2:
+            raw = {**line, "showlegend": False, "opacity": 0.25, "legendgroup": name, "hoverinfo": "skip"}
+            raw["line"] = {"color": color, "width": 1}
+            raw.pop("hovertemplate")
+            lines.append(raw)
+            line["y"] = moving_average(losses, window)
+            line["legendgroup"] = name
+            line["hovertemplate"] = hover.replace("nats<", f"nats (mean of {window * size:,} positions)<")
         if probe["kind"] == "repeated":
             line["line"]["dash"] = "dash"
         lines.append(line)
     if not lines:
         return {}
     trained = length["trained_context"]
-    layout = _layout("Loss by position", "token position", "next-token loss, nats", height=400)
-    layout["shapes"] = [{"type": "line", "x0": trained, "x1": trained, "yref": "paper", "y0": 0, "y1": 1,
-                         "line": {"color": "#111827", "width": 1.5, "dash": "dot"}}]  # fmt: skip
-    layout["annotations"] = [{"x": trained, "yref": "paper", "y": 1, "text": f"trained context {trained:,}",
-                              "showarrow": False, "xanchor": "left", "yanchor": "bottom",
-                              "font": {"size": 11}}]  # fmt: skip
-    return {"fig-length-loss": _figure(lines, layout)}
+    title = "Loss by position"
+    layout = base_layout(title, "token position", "next-token loss, nats", height=400)
+    if trained <= 1.05 * longest:
+        layout["shapes"] = [{"type": "line", "x0": trained, "x1": trained, "yref": "paper", "y0": 0, "y1": 1,
+                             "line": {"color": "#111827", "width": 1.5, "dash": "dot"}}]  # fmt: skip
+        layout["annotations"] = [{"x": trained, "yref": "paper", "y": 1, "text": f"trained context {trained:,}",
+                                  "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                                  "font": {"size": 11}}]  # fmt: skip
+    else:
+        layout["title"]["text"] = (
+            f"{title} (the trained context, {trained:,} tokens, is beyond the longest probe)"
+        )
+    return {"fig-length-loss": make_figure(lines, layout)}
 
 
 # --- KV cache ----------------------------------------------------------------------------------
@@ -328,12 +325,18 @@ def kv_figures(kv: dict[str, Any]) -> dict[str, Figure]:
         "hovertemplate": "deployment: %{x:,} tokens, %{y:.2f} GiB<extra></extra>",
     })  # fmt: skip
     title = f"Memory per device vs context (batch {kv['batch']}, KV cache {plot_text(kv['kv_dtype'])})"
-    layout = _layout(title, "context, tokens", "GiB per device", height=440)
+    layout = base_layout(title, "context, tokens", "GiB per device", height=440)
     if high > 10 * low:
         layout["xaxis"]["type"] = "log"
-    layout["yaxis"]["rangemode"] = "tozero"
+    needed = [p["total_bytes"] for curve in curves.values() for p in curve if p["total_bytes"] > 0]
+    usable = [d["usable_bytes"] for d in devices if d["usable_bytes"] > 0]
+    if needed and usable and max(usable) > 20 * min(needed):  # a small model next to big devices
+        layout["yaxis"].update(type="log", dtick=1)  # one label per decade
+        layout["title"]["text"] += " (log scale)"
+    else:
+        layout["yaxis"]["rangemode"] = "tozero"
     layout["legend"]["y"] = -0.2
-    return {"fig-kv-memory": _figure(data, layout)}
+    return {"fig-kv-memory": make_figure(data, layout)}
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -361,10 +364,12 @@ def timing_figures(timing: dict[str, Any]) -> dict[str, Figure]:
         bars.append({"type": "bar", "name": label, "x": layers, "y": values,
                      "marker": {"color": PALETTE[index]},
                      "hovertemplate": "layer %{x}: %{y:,.1f} " + unit + "<extra>" + label + "</extra>"})  # fmt: skip
-    layout = _layout("Time per layer by component", "layer", f"{unit} per forward (profiled)", barmode="stack")
+    layout = base_layout(
+        "Time per layer by component", "layer", f"{unit} per forward (profiled)", barmode="stack"
+    )
     layout["xaxis"].update(tickformat="d", dtick=1 if len(layers) <= 16 else None)
     layout["legend"]["traceorder"] = "normal"
-    return {"fig-timing-layers": _figure(bars, layout)}
+    return {"fig-timing-layers": make_figure(bars, layout)}
 
 
 def all_figures(report: dict[str, Any]) -> dict[str, Figure]:

@@ -25,7 +25,7 @@ def format_number(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value == 0:
             return "0"
-        if abs(value) >= 10 ** digits:
+        if abs(value) >= 10**digits:
             return f"{value:,.0f}"
         if abs(value) >= 1e-3:
             return f"{value:.{digits}g}"

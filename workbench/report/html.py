@@ -58,6 +58,7 @@ SECTION_TITLES = {
     "kv": "KV cache", "timing": "Timing",
 }  # fmt: skip
 TOKEN_STRIP_LIMIT = 512  # tokens listed under the pattern viewer
+SECTION_FINDINGS_LIMIT = 12  # fail/warn/skip findings repeated at the top of their section
 
 
 def script_json(value: Any) -> str:
@@ -99,14 +100,19 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        num=format_number, gib=format_bytes, us=format_us, si=format_si, seconds=format_seconds,
-        where=where_text, visible=visible_text, breakable=breakable,
+        num=format_number,
+        gib=format_bytes,
+        us=format_us,
+        si=format_si,
+        seconds=format_seconds,
+        where=where_text,
+        visible=visible_text,
+        breakable=breakable,
     )
     return env
 
 
 # --- page context --------------------------------------------------------------------------
-
 
 
 def _worst(statuses: list[str]) -> str | None:
@@ -142,11 +148,32 @@ def _sections(report: dict[str, Any], figures: dict[str, Any]) -> dict[str, dict
             "title": SECTION_TITLES[name],
             "ran": report.get(name) is not None,
             "figures": [key for key in figures if key.startswith(f"fig-{name}-")],
-            "findings": [f for f in own if f["status"] not in ("pass",)],
+            "findings": [f for f in own if f["status"] in ("fail", "warn", "skip")][:SECTION_FINDINGS_LIMIT],
+            "n_more": max(
+                0, sum(f["status"] in ("fail", "warn", "skip") for f in own) - SECTION_FINDINGS_LIMIT
+            ),
+            "n_info": sum(f["status"] == "info" for f in own),
             "n_pass": sum(f["status"] == "pass" for f in own),
             "status": _worst([f["status"] for f in own]),
         }
     return sections
+
+
+def _default_pattern(report: dict[str, Any]) -> int:
+    """Index of the pattern to show first: the head of the most severe attention finding that
+    has a captured pattern, else the first."""
+    patterns = (report.get("attention") or {}).get("patterns") or []
+    index = {(p["layer"], p["head"]): i for i, p in enumerate(patterns)}
+    for finding in sorted_findings(report.get("findings") or []):
+        where = finding.get("where") or {}
+        key = (where.get("layer"), where.get("head"))
+        if (
+            finding["analyzer"] in SECTION_ANALYZERS["attention"]
+            and finding["status"] != "pass"
+            and key in index
+        ):
+            return index[key]
+    return 0
 
 
 def _trace_links(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,7 +181,10 @@ def _trace_links(report: dict[str, Any]) -> list[dict[str, Any]]:
     trace = ((report.get("timing") or {}).get("trace")) or {}
     entries = [
         ("TensorBoard run folder", artifacts.get("trace_dir") or trace.get("tensorboard_dir")),
-        ("Chrome trace (Perfetto, chrome://tracing)", artifacts.get("chrome_trace") or trace.get("chrome_trace")),
+        (
+            "Chrome trace (Perfetto, chrome://tracing)",
+            artifacts.get("chrome_trace") or trace.get("chrome_trace"),
+        ),
     ]
     return [{"label": label, "path": path, "href": _link(path)} for label, path in entries if path]
 
@@ -187,6 +217,7 @@ def render_html(report: dict[str, Any]) -> str:
             for p in attention.get("patterns") or []
         ],
         "token_strip": _token_strip(attention) if attention else [],
+        "pattern_default": _default_pattern(report),
         "routing_rows": routing_rows,
         "top_self_us": top_self,
         "trace_links": _trace_links(report),

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 STATUSES = ("pass", "info", "skip", "warn", "fail")  # least to most severe
 SUMMARY_STATUSES = ("pass", "warn", "fail")
 SECTIONS = ("attention", "residual", "routing", "length", "kv", "timing")  # null when not run
-TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "timing"]
+TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "run.id", "timing"]  # run.id holds the time
 TIMING_COMPONENTS = ("attn", "mlp", "router", "other")  # per_layer keys, "<name>_us" or "<name>"
 PROBE_KINDS = ("random", "repeated", "natural", "user")
 MAX_PROBLEMS = 50
@@ -247,8 +247,11 @@ def _residual(c: _Checker, value: Any, path: str) -> None:
     lens = obj({"positions": list_of(NONNEG_INT), "kl_mean": list_of(NUM_OR_NULL),
                 "top1_mean": list_of(NUM_OR_NULL)})  # fmt: skip
     obj(
-        {"layer_means": dict_of(list_of(NUM_OR_NULL)), "by_position": dict_of(list_of(list_of(NUM_OR_NULL))),
-         "probe": STR},
+        {
+            "layer_means": dict_of(list_of(NUM_OR_NULL)),
+            "by_position": dict_of(list_of(list_of(NUM_OR_NULL))),
+            "probe": STR,
+        },
         {"lens": nullable(lens)},
     )(c, value, path)
 
@@ -269,7 +272,7 @@ def _routing_layer(c: _Checker, value: Any, path: str) -> None:
 ROUTING = obj({"layers": list_of(_routing_layer)})
 LENGTH_PROBE = obj(
     {"kind": one_of("natural", "repeated"), "length": POS_INT, "bucket_size": POS_INT,
-     "loss_by_position": list_of(NUM_OR_NULL), "in_context_loss": NUM_OR_NULL,
+     "loss_by_position": nullable(list_of(NUM_OR_NULL)), "in_context_loss": NUM_OR_NULL,
      "beyond_loss": NUM_OR_NULL, "error": nullable(STR)}
 )  # fmt: skip
 LENGTH = obj(

@@ -27,7 +27,6 @@ def status_text(status: str, upper: bool = True) -> Text:
     return Text(status.upper() if upper else status, style=STATUS_STYLES.get(status, ""))
 
 
-
 def findings_table(
     report: dict[str, Any], statuses: tuple[str, ...] | None = None, limit: int | None = None
 ) -> Table:
@@ -84,9 +83,12 @@ def summary_panel(report: dict[str, Any]) -> Panel:
         lines.append_text(status_text(status, upper=False))
         lines.append("  ")
     facts = Text(style="dim")
-    facts.append(f"\nrun {run['id']} \u00b7 {run['command']} \u00b7 profile {run['profile']} \u00b7 seed {run['seed']}")
+    run_id = f"run {run['id']} \u00b7 " if run["id"] else ""
+    facts.append(f"\n{run_id}{run['command']} \u00b7 profile {run['profile']} \u00b7 seed {run['seed']}")
     facts.append(f"\n{run['device']} \u00b7 {run['dtype']} \u00b7 {run['backend']} backend \u00b7 ")
-    facts.append(f"{format_number(run['duration_seconds'])} s \u00b7 {format_number(model['n_params'])} parameters")
+    facts.append(
+        f"{format_number(run['duration_seconds'])} s \u00b7 {format_number(model['n_params'])} parameters"
+    )
     not_run = [name for name in SECTIONS if report.get(name) is None]
     if not_run:
         facts.append(f"\nnot run: {', '.join(not_run)}")
@@ -95,12 +97,12 @@ def summary_panel(report: dict[str, Any]) -> Panel:
                  border_style=STATUS_STYLES.get(summary["status"], ""))  # fmt: skip
 
 
-def render(report: dict[str, Any], console: Console, show_pass: bool = False) -> None:
-    """Print the summary panel and the findings table (without passing checks unless
-    ``show_pass``) to ``console``."""
+def render(report: dict[str, Any], console: Console, show_pass: bool = False, limit: int | None = 40) -> None:
+    """Print the summary panel and the findings table to ``console``: the most severe first, at
+    most ``limit`` rows (None: all), passing checks only with ``show_pass``."""
     console.print(summary_panel(report))
     statuses = None if show_pass else tuple(s for s in STATUS_ORDER if s != "pass")
-    console.print(findings_table(report, statuses=statuses))
+    console.print(findings_table(report, statuses=statuses, limit=limit))
     passed = report["summary"]["counts"].get("pass", 0)
     if not show_pass and passed:
         console.print(Text(f"{passed} passing check{'s' if passed != 1 else ''} not shown", style="dim"))

@@ -1,6 +1,6 @@
 """Write one run's report folder atomically: report.json, report.html, traces, extra files.
 
-A report folder appears whole or not at all. Everything is written into a hidden temporary
+A report folder is never seen half-written. Everything is written into a hidden temporary
 sibling ``<root>/.<name>.tmp-<random>`` on the same filesystem, then renamed into place::
 
     reports/<model-slug>-<UTC YYYYMMDDTHHMMSSZ>/
@@ -8,10 +8,13 @@ sibling ``<root>/.<name>.tmp-<random>`` on the same filesystem, then renamed int
         report.html      the self-contained view of it (html.py)
         trace/<run>/     profiler traces, copied from ``trace_source``
 
-Two runs never overwrite each other: the final name is claimed with ``os.mkdir`` (exclusive;
-``-2``, ``-3``, ... are tried when it exists) and the finished temporary folder is then renamed
-onto that empty claim, which POSIX ``rename`` replaces atomically. On any exception, including
-KeyboardInterrupt, the temporary folder and the claim are removed and the exception re-raised.
+Two runs never overwrite each other: the final name is claimed first with ``os.mkdir``
+(exclusive; ``-2``, ``-3``, ... are tried when it exists), the report is rendered (an empty
+``run.id`` becomes the claimed name) and written into the temporary folder, which is then
+renamed onto the empty claim; POSIX ``rename`` replaces an empty directory atomically. So the
+folder is, in turn, absent, empty, and complete: never partly written. On any exception,
+including KeyboardInterrupt, the temporary folder and the claim are removed and the exception
+re-raised.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 TRACE_DIR = "trace"
 _MAX_SUFFIX = 10_000
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_WINDOWS_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
 
 
 class ReportError(ValueError):
@@ -169,6 +179,8 @@ def write_report(
 
     ``out_dir`` None: ``reports_root/<model-slug>-<UTC stamp>``. Otherwise ``out_dir`` itself.
     Either way an existing folder is never touched: ``-2``, ``-3``, ... are appended instead.
+    An empty ``run.id`` is set to the folder's name in the written document (``report`` itself
+    is not modified).
     ``extra_files`` maps relative names to bytes or to a file to copy; ``trace_source`` is a
     folder (the ``trace/`` that ``recorders.timing.profile_forward`` wrote) copied to ``trace/``.
     Raises :class:`ReportError` for an invalid document, before anything is created.
@@ -182,9 +194,6 @@ def write_report(
     extras = {_safe_relative(name): source for name, source in (extra_files or {}).items()}
     if trace_source is not None and not Path(trace_source).is_dir():
         raise ReportError(f"trace_source {trace_source} is not a folder")
-    json_text = dumps(clean)
-    html_text = render_html(clean)
-
     if out_dir is None:
         root, name = Path(reports_root), folder_name(clean)
     else:
@@ -192,9 +201,13 @@ def write_report(
         if name in ("", ".", ".."):
             raise ReportError(f"out_dir must name a folder, got {out_dir}")
     root.mkdir(parents=True, exist_ok=True)
-    temp = _make_temp(root, name)
-    claim: Path | None = None
+    claim = _claim(root, name)
+    temp: Path | None = None
     try:
+        if not clean["run"]["id"]:
+            clean["run"]["id"] = claim.name
+        json_text, html_text = dumps(clean), render_html(clean)
+        temp = _make_temp(root, claim.name)
         _write_bytes(temp / REPORT_JSON, json_text.encode("utf-8"))
         _write_bytes(temp / REPORT_HTML, html_text.encode("utf-8"))
         if trace_source is not None:
@@ -202,15 +215,14 @@ def write_report(
         for relative, source in extras.items():
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
             _write_bytes(temp.joinpath(*relative.parts), data)
-        claim = _claim(root, name)
         os.rename(temp, claim)  # replaces the empty claim atomically
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        if claim is not None:
-            try:
-                claim.rmdir()  # only while it is still our empty claim
-            except OSError:
-                pass
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        try:
+            claim.rmdir()  # only while it is still our empty claim
+        except OSError:
+            pass
         raise
     _fsync_dir(root)
     return claim

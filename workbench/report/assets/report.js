@@ -54,7 +54,7 @@
     document.getElementById("pattern-next").addEventListener("click", function () {
       showPattern(Number(select.value) + 1);
     });
-    showPattern(0);
+    showPattern(Number(select.value) || 0);
   }
 
   /* Findings filter: one status at a time, or all. */
