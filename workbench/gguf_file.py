@@ -7,6 +7,7 @@ to the "rotate half" layout the decoder (and transformers) use. Qwen2 files need
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def _config(reader, path: Path) -> DecoderConfig:
             weights_quant=FILE_TYPES.get(int(file_type)) if file_type is not None else None,
             bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-            name=str(_field(reader, "general.name", path.stem)),
+            name=re.sub(r"[.-](Q\d\w*|F16|F32|BF16|IQ\w+)$", "", path.stem, flags=re.IGNORECASE) or path.stem,
         )
     except (ConfigError, TypeError, ValueError) as error:
         raise _error(path, f"GGUF metadata does not describe a decoder ({error})") from None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from workbench.findings import Finding, count_by_status, worst_status
+from workbench.report.schema import TIME_FIELDS
 
 SCHEMA_VERSION = 1
 COMMANDS = {
@@ -34,7 +35,6 @@ COMMANDS = {
     "check": {"attention", "residual", "routing", "loss", "length", "kv", "nonfinite"},
 }
 ANALYZERS = ("attention_saturation", "routing_collapse", "length_extrapolation", "kv_memory", "nonfinite")
-TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "timing", "run.id", "artifacts"]
 # The KV section plots these devices (plus the deployment's) when they are in the catalog.
 KV_DEVICES = ("h100-sxm", "a100-40gb", "l4", "t4", "rtx4090", "cpu")
 
@@ -165,7 +165,7 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         "run": {"id": "", "command": options.command, "created_utc": created.isoformat(timespec="seconds"),
                 "duration_seconds": round(time.perf_counter() - started, 3), "profile": profile.name,
                 "seed": seed, "device": options.device, "dtype": options.dtype, "backend": "native"},
-        "time_fields": TIME_FIELDS,
+        "time_fields": list(TIME_FIELDS),
         "model": {"source": str(source or checkpoint.DEFAULT_MODEL), "name": config.name,
                   "model_type": config.model_type, "config": config.to_dict(), "n_params": model.n_params(),
                   "weights_quant": config.weights_quant},
@@ -309,7 +309,9 @@ def _kv(config, profile, sections) -> list[Finding]:
 def _timing(model, probe, options: RunOptions) -> dict[str, Any]:
     from workbench.recorders.timing import profile_forward
 
-    out_dir = options.trace_dir or Path(tempfile.mkdtemp(prefix="workbench-trace-"))
+    if options.trace_dir is None:  # write() copies traces from here into the report folder
+        options.trace_dir = Path(tempfile.mkdtemp(prefix="workbench-trace-"))
+    out_dir = options.trace_dir
 
     def forward(m, tokens):
         with torch.no_grad():

@@ -128,7 +128,7 @@ def _config(name: str, **changes: object) -> DecoderConfig:
 
 
 _SATURATION = dict(n_heads=2, d_head=64)
-_MOE = dict(n_experts=4, top_k=1, norm_topk_prob=False, d_mlp=64)
+_MOE = dict(n_experts=4, top_k=1, norm_topk_prob=True, d_mlp=64)
 _MOE_WHERE = tuple(Where(layer=layer, expert=0, sublayer="moe") for layer in range(2))
 _PAST_CONTEXT = Where(positions=(TRAINED_CONTEXT, 8 * TRAINED_CONTEXT))
 
@@ -264,11 +264,11 @@ def _init_weights(model: HookedDecoder, init: InitKind) -> None:
             # with a probability near 0.6, not saturated, so a balancing loss can still act.
             common = torch.randn(config.d_model)
             common /= common.norm()
-            model.embed.weight.add_(common * math.sqrt(config.d_model))
+            model.embed.weight.add_(common * 0.5 * math.sqrt(config.d_model))
             for block in model.blocks:
                 router = block.mlp.router.weight  # (E, d_model)
                 router.normal_(0.0, 0.02)
-                router[0] += common * 2.5 / math.sqrt(config.d_model)
+                router[0] += common * 4.0 / math.sqrt(config.d_model)
 
 
 def _balance_loss(router_logits: list[torch.Tensor], n_experts: int) -> torch.Tensor:

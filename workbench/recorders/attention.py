@@ -138,7 +138,7 @@ class AttentionRecord:
             "bucket_size": math.ceil(self.n_tokens / max_positions) if self.n_tokens > max_positions else 1,
             "patterns": [
                 {"layer": layer, "head": head, "start": self.pattern_start[(layer, head)],
-                 "pattern": _nan_to_none(pattern, digits=3)}
+                 "pattern": _nan_to_none(pattern, digits=2)}
                 for (layer, head), pattern in sorted(self.patterns.items())
             ],
             "patterns_dropped": self.patterns_dropped,
@@ -215,31 +215,34 @@ class AttentionRecorder:
         if layer == 0 and chunk.query_start == 0:
             self._start()
         stats = chunk_statistics(chunk.probs, chunk.visible, chunk.query_index, chunk.scores)
-        rows = slice(chunk.query_start, chunk.query_start + c)
-        for name, value in stats.items():
-            if name not in self._sums or self._sums[name].shape[-1] < rows.stop:
-                self._grow(name, rows.stop, H)
-            self._sums[name][layer, :, rows] = torch.nanmean(value, dim=0).cpu()
-        self._tokens = max(self._tokens, rows.stop)
+        values = torch.stack([stats[name] for name in STATS])  # (stats, B, H, c)
+        values = values[:, 0] if B == 1 else torch.nanmean(values, dim=1)
+        stop = chunk.query_start + c
+        if self._values is None or self._values.shape[-1] < stop:
+            self._grow(stop, H)
+        self._values[:, layer, :, chunk.query_start : stop] = values.cpu()
+        self._tokens = max(self._tokens, stop)
         for head in range(H):
             request = self.requests.get((layer, head))
             if request is not None:
                 self._keep_pattern(request, chunk, head)
 
     def _start(self) -> None:
-        self._sums = {}
+        self._values: torch.Tensor | None = None  # (stats, layers, heads, capacity), NaN = not seen
         self._patterns: dict[tuple[int, int], torch.Tensor] = {}
         self._pattern_start: dict[tuple[int, int], int] = {}
         self._pattern_bytes = 0
         self._dropped = 0
         self._tokens = 0
 
-    def _grow(self, name: str, length: int, heads: int) -> None:
-        old = self._sums.get(name)
-        new = torch.full((self.config.n_layers, heads, length), float("nan"))
+    def _grow(self, length: int, heads: int) -> None:
+        """Room for ``length`` positions, at least doubling (chunks arrive a few rows at a time)."""
+        old = self._values
+        capacity = max(length, 2 * old.shape[-1]) if old is not None else length
+        new = torch.full((len(STATS), self.config.n_layers, heads, capacity), float("nan"))
         if old is not None:
             new[..., : old.shape[-1]] = old
-        self._sums[name] = new
+        self._values = new
 
     def _keep_pattern(self, request: PatternRequest, chunk: AttentionChunk, head: int) -> None:
         lo = max(request.start, chunk.query_start)
@@ -264,7 +267,7 @@ class AttentionRecorder:
         self._pattern_start.setdefault(key, lo)
 
     def finish(self) -> AttentionRecord | None:
-        if not self._sums:
+        if self._values is None:
             return None
         self.record = AttentionRecord(
             n_layers=self.config.n_layers,
@@ -272,7 +275,7 @@ class AttentionRecorder:
             n_tokens=self._tokens,
             d_head=self.config.d_head,
             scale=self.config.scale,
-            stats={name: value[..., : self._tokens].contiguous() for name, value in self._sums.items()},
+            stats={name: self._values[i, ..., : self._tokens].clone() for i, name in enumerate(STATS)},
             patterns=dict(self._patterns),
             pattern_start=dict(self._pattern_start),
             patterns_dropped=self._dropped,

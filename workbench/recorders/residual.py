@@ -62,24 +62,25 @@ class ResidualRecord:
         return data
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
-
-
+@torch.no_grad()
 def write_stats(
     resid_pre: torch.Tensor, attn_out: torch.Tensor, resid_mid: torch.Tensor, mlp_out: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Per-position write statistics of one block, each ``[T]`` (batch-averaged)."""
-    pre_norm, mid_norm = resid_pre.float().norm(dim=-1), resid_mid.float().norm(dim=-1)
-    attn_norm, mlp_norm = attn_out.float().norm(dim=-1), mlp_out.float().norm(dim=-1)
+    resid_pre, attn_out, resid_mid, mlp_out = (t.float() for t in (resid_pre, attn_out, resid_mid, mlp_out))
+    pre_norm, mid_norm = resid_pre.norm(dim=-1), resid_mid.norm(dim=-1)
+    attn_norm, mlp_norm = attn_out.norm(dim=-1), mlp_out.norm(dim=-1)
+    # Cosines from the norms already taken: one dot product each, no second pass for norms.
+    attn_dot = torch.linalg.vecdot(attn_out, resid_pre)
+    mlp_dot = torch.linalg.vecdot(mlp_out, resid_mid)
     out = {
         "resid_pre_norm": pre_norm,
         "attn_out_norm": attn_norm,
         "mlp_out_norm": mlp_norm,
         "attn_ratio": attn_norm / pre_norm.clamp_min(1e-12),
         "mlp_ratio": mlp_norm / mid_norm.clamp_min(1e-12),
-        "attn_cos": _cos(attn_out, resid_pre),
-        "mlp_cos": _cos(mlp_out, resid_mid),
+        "attn_cos": attn_dot / (attn_norm * pre_norm).clamp_min(1e-12),
+        "mlp_cos": mlp_dot / (mlp_norm * mid_norm).clamp_min(1e-12),
     }
     return {name: value.mean(dim=0).cpu() for name, value in out.items()}
 
@@ -106,11 +107,13 @@ def logit_lens(
     for start in range(0, positions.numel(), chunk):
         index = positions[start : start + chunk].to(device)
         final_logp = torch.log_softmax(unembed(final_hidden[0, index]).float(), dim=-1)  # (c, V)
-        final_top = final_logp.argmax(dim=-1)
+        final_p, final_top = final_logp.exp(), final_logp.argmax(dim=-1)
+        # KL = E_final[log p_final] - E_final[log p_layer]: one dot product per layer and row.
+        final_term = torch.linalg.vecdot(final_p, final_logp)
         for layer, resid in enumerate(residuals):
             hidden = final_norm(resid[0, index.to(resid.device)].to(device))
             layer_logp = torch.log_softmax(unembed(hidden).float(), dim=-1)
-            kl[layer, start : start + chunk] = (final_logp.exp() * (final_logp - layer_logp)).sum(-1).cpu()
+            kl[layer, start : start + chunk] = (final_term - torch.linalg.vecdot(final_p, layer_logp)).cpu()
             top1[layer, start : start + chunk] = (layer_logp.argmax(dim=-1) == final_top).cpu()
     return kl, top1
 

@@ -97,12 +97,59 @@ def summary_panel(report: dict[str, Any]) -> Panel:
                  border_style=STATUS_STYLES.get(summary["status"], ""))  # fmt: skip
 
 
+def findings_blocks(report: dict[str, Any], statuses: tuple[str, ...] = ("fail", "warn"),
+                    limit: int | None = 40) -> Group:
+    """One block per finding (status, analyzer/check, where, value vs threshold; the message and
+    the fix on their own lines): readable in any terminal width."""
+    findings = [f for f in sorted_findings(report.get("findings") or []) if f["status"] in statuses]
+    shown = findings if limit is None else findings[:limit]
+    blocks = []
+    for finding in shown:
+        head = status_text(finding["status"])
+        head.append(f"  {finding['analyzer']}/{finding['check']}", style="cyan")
+        where = where_text(finding.get("where"))
+        if where and where != "model":
+            head.append(f"  {where}", style="bold")
+        if finding.get("value") is not None:
+            head.append(f"  {value_text(finding)}", style="dim")
+        body = Text("  " + finding["message"])
+        blocks.append(head)
+        blocks.append(body)
+        if finding.get("fix"):
+            blocks.append(Text("  fix: " + finding["fix"], style="italic"))
+    if len(findings) > len(shown):
+        blocks.append(Text(f"{len(findings) - len(shown)} more in the report", style="dim"))
+    return Group(*blocks)
+
+
+def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", "skip", "pass")) -> Group:
+    """One line per (status, analyzer/check) with how many findings and where."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for finding in sorted_findings(report.get("findings") or []):
+        if finding["status"] in statuses:
+            groups.setdefault((finding["status"], f"{finding['analyzer']}/{finding['check']}"), []).append(finding)
+    lines = []
+    for (status, name), items in groups.items():
+        line = status_text(status)
+        line.append(f"  {name}", style="cyan")
+        places = [where_text(f.get("where")) for f in items]
+        places = [p for p in places if p and p != "model"]
+        if len(items) == 1:
+            line.append("  " + items[0]["message"], style="dim")
+        else:
+            line.append(f"  x{len(items)}", style="bold")
+            if places:
+                line.append("  " + ", ".join(places[:8]) + (" ..." if len(places) > 8 else ""), style="dim")
+        lines.append(line)
+    return Group(*lines)
+
+
 def render(report: dict[str, Any], console: Console, show_pass: bool = False, limit: int | None = 40) -> None:
-    """Print the summary panel and the findings table to ``console``: the most severe first, at
-    most ``limit`` rows (None: all), passing checks only with ``show_pass``."""
+    """Print the summary panel, the fail/warn findings one block each, and one line per group of
+    info/skip (and, with ``show_pass``, pass) findings."""
     console.print(summary_panel(report))
-    statuses = None if show_pass else tuple(s for s in STATUS_ORDER if s != "pass")
-    console.print(findings_table(report, statuses=statuses, limit=limit))
+    console.print(findings_blocks(report, limit=limit))
+    console.print(grouped_counts(report, ("info", "skip", "pass") if show_pass else ("info", "skip")))
     passed = report["summary"]["counts"].get("pass", 0)
     if not show_pass and passed:
         console.print(Text(f"{passed} passing check{'s' if passed != 1 else ''} not shown", style="dim"))

@@ -108,9 +108,29 @@ def to_jsonable(value: Any) -> Any:
 
 
 def dumps(report: dict[str, Any]) -> str:
-    """The report as report.json text (sorted keys, indent 2, NaN refused, trailing newline)."""
-    text = json.dumps(report, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
-    return text + "\n"
+    """The report as report.json text: sorted keys, objects indented by 2, lists of numbers on
+    one line each (so a [layers][heads][positions] array stays readable and small), NaN refused,
+    trailing newline."""
+    return _dump(report, 0) + "\n"
+
+
+def _dump(value: Any, depth: int) -> str:
+    def flat(item: Any) -> str:
+        return json.dumps(item, allow_nan=False, ensure_ascii=False, sort_keys=True)
+
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{flat(str(key))}: {_dump(value[key], depth + 1)}" for key in sorted(value)]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list):
+        if not value or all(not isinstance(item, dict | list) for item in value):
+            return flat(value)
+        if all(isinstance(item, list) and all(not isinstance(x, dict | list) for x in item) for item in value):
+            return "[\n" + ",\n".join(inner + flat(item) for item in value) + "\n" + pad + "]"
+        return "[\n" + ",\n".join(inner + _dump(item, depth + 1) for item in value) + "\n" + pad + "]"
+    return flat(value)
 
 
 def _safe_relative(name: str) -> PurePosixPath:
