@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     name="workbench",
@@ -57,7 +58,8 @@ class BadInput(Exception):
 
 
 def _fail_input(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # Text, not markup: a message may hold "[probes]" or other brackets rich would eat.
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -131,10 +133,11 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
         raise typer.Exit(130) from None
     status = report["summary"]["status"]
     if quiet:
-        out.print(f"{status} {folder}", highlight=False)
+        out.print(f"{status} {folder}", highlight=False, markup=False, soft_wrap=True)
     else:
         render(report, out)
-        out.print(f"report: [bold]{folder / 'report.html'}[/]", highlight=False)
+        out.print(Text.assemble("report: ", (str(folder / "report.html"), "bold")), highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(1 if status == "fail" else 0)
 
 
@@ -258,9 +261,9 @@ def _render_kv(result: dict[str, Any]) -> None:
         if finding["status"] == "pass":
             continue
         colour = colours.get(finding["status"], "white")
-        out.print(f"[{colour}]{finding['status']}[/] {finding['message']}", highlight=False)
+        out.print(Text.assemble((finding["status"], colour), " ", finding["message"]), highlight=False)
         if finding.get("fix"):
-            out.print(f"  fix: {finding['fix']}", highlight=False)
+            out.print(Text("  fix: " + finding["fix"]), highlight=False)
 
 
 @app.command()
@@ -305,7 +308,8 @@ def zoo_build(
         paths = zoo.build_all(folder, names=names, seed=seed,
                               progress=lambda message: status.update(str(message)))
     for name, path in paths.items():
-        out.print(f"{name:20s} {path}  [dim]{zoo.MEMBERS[name].description}[/]", highlight=False)
+        out.print(Text.assemble(f"{name:20s} {path}  ", (zoo.MEMBERS[name].description, "dim")),
+                  highlight=False)
 
 
 @zoo_app.command("list")

@@ -1,0 +1,361 @@
+"""Recording overhead and memory: what watching SmolLM2 costs, against not watching it.
+
+Run by hand, not by pytest:
+
+    .venv/bin/python benchmarks/bench_recording.py [--tokens 2048] [--repeats 3]
+        [--memory-tokens 8192] [--nnsight-tokens 2048] [--cap-gib 12] [--profile] [--no-write]
+
+1. Time: the forward ``model.hidden(tokens)`` of SmolLM2-135M (fp32, CPU, natural text) with
+   attention + residual (with the logit lens) + routing + loss recording, against the same call with
+   nothing recording. gpt-fast discipline: one warm-up of every variant discarded, variants
+   interleaved so machine noise hits all of them, the minimum of N runs kept. The ratio is the
+   result (target <= 1.5); a per-recorder breakdown and ``model(tokens)`` (which pays the
+   unembedding the loss needs) are context.
+2. Memory: peak RSS of a fresh process recording attention statistics for all 30 layers x 9 heads
+   at ``--memory-tokens`` (target <= 4 GiB for the whole process), beside what the alternatives
+   hold for the same job: transformers eager ``output_attentions=True`` (every layer's
+   ``[heads, T, T]`` weights; tried under an address-space cap, ``--cap-gib``), and nnsight saving
+   each layer's attention weights (measured at ``--nnsight-tokens``, and analytic). Peak RSS is
+   the kernel's VmHWM, reset after loading the model (``/proc/self/clear_refs``), so it is the
+   whole process during the forward: weights, activations and records.
+
+``--profile`` prints a torch.profiler table of one recorded forward (the tool used to find where
+recording time went). Appends a section to benchmarks/RESULTS.md unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+SMOLLM2_LAYERS, SMOLLM2_HEADS = 30, 9
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM) since start or the last :func:`reset_peak_rss`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: writing 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def natural_tokens(model, length: int) -> torch.Tensor:
+    from workbench.inputs import natural_text_tokens
+    from workbench.tokenizer import load_tokenizer
+
+    return natural_text_tokens(load_tokenizer("smollm2"), length, vocab_size=model.config.vocab_size)
+
+
+# --- 1. time ----------------------------------------------------------------------------------
+
+
+def time_recording(length: int, repeats: int) -> dict:
+    import workbench
+
+    model = workbench.load_model("smollm2")
+    tokens = natural_tokens(model, length)
+
+    def recorded(**what: bool) -> Callable[[], object]:
+        def run() -> object:
+            with workbench.record(model, **what) as recording:
+                model.hidden(tokens)
+            return recording
+
+        return run
+
+    variants: dict[str, Callable[[], object]] = {
+        "nothing": lambda: model.hidden(tokens),
+        "everything": recorded(attention=True, residual=True, routing=True, loss=True),
+        "attention": recorded(attention=True),
+        "residual": recorded(residual=True),
+        "loss": recorded(loss=True),
+        "logits": lambda: model(tokens),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for fn in variants.values():  # warm-up, discarded
+            fn()
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                seconds[name].append(timed(fn))
+        recording = variants["everything"]()
+    best = {name: min(values) for name, values in seconds.items()}
+    return {
+        "tokens": length,
+        "repeats": repeats,
+        "seconds": best,
+        "all_seconds": seconds,
+        "loss": recording.loss.mean,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def profile_recording(length: int) -> str:
+    import workbench
+
+    model = workbench.load_model("smollm2")
+    tokens = natural_tokens(model, length)
+    with torch.no_grad():
+        with workbench.record(model, attention=True, residual=True, loss=True):
+            model.hidden(tokens)  # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            with workbench.record(model, attention=True, residual=True, loss=True):
+                model.hidden(tokens)
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+
+
+# --- 2. memory, each in a fresh process ------------------------------------------------------
+
+
+def _hf_smollm2(attn_implementation: str):
+    import transformers
+
+    from workbench.checkpoint import smollm2_path
+
+    path = smollm2_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation=attn_implementation
+    ).eval()
+
+
+def child(kind: str, length: int) -> dict:
+    """One memory measurement; runs in its own process (``--child``)."""
+    import workbench
+
+    result: dict = {"kind": kind, "tokens": length}
+    if kind.startswith("workbench"):
+        model = workbench.load_model("smollm2")
+        tokens = natural_tokens(model, length)
+    else:
+        model = _hf_smollm2("eager")
+        tokens = natural_tokens(workbench.load_model("smollm2"), length)  # then dropped
+    result["load_peak_bytes"] = peak_rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    with torch.no_grad():
+        try:
+            if kind == "workbench-plain":
+                model.hidden(tokens)
+            elif kind == "workbench-attention":
+                with workbench.record(model, attention=True) as recording:
+                    model.hidden(tokens)
+                stats = recording.attention.entropy_norm
+                result["record_shape"] = list(stats.shape)
+                result["entropy_norm_mean"] = float(torch.nanmean(stats))
+            elif kind == "hf-output-attentions":
+                layers_done = []
+                handles = [layer.register_forward_hook(lambda *a, i=i: layers_done.append(i))
+                           for i, layer in enumerate(model.model.layers)]
+                try:
+                    output = model(tokens, output_attentions=True, use_cache=False, logits_to_keep=1)
+                    result["held_bytes"] = sum(a.numel() * a.element_size() for a in output.attentions)
+                finally:
+                    result["layers_done"] = len(layers_done)
+                    for handle in handles:
+                        handle.remove()
+            elif kind == "nnsight-save-weights":
+                from nnsight import NNsight
+
+                traced = NNsight(model)
+                saved: list[torch.Tensor] = []
+                with traced.trace(tokens, use_cache=False, logits_to_keep=1):
+                    for layer in traced.model.layers:
+                        saved.append(layer.self_attn.output[1].save())
+                result["held_bytes"] = sum(w.numel() * w.element_size() for w in saved)
+            elif kind == "nnsight-backend":
+                from workbench.recorders.nnsight_backend import record_hf
+
+                recording = record_hf(model, tokens, residual=False, routing=False, loss=False)
+                result["record_shape"] = list(recording.attention.entropy_norm.shape)
+            else:
+                raise ValueError(f"unknown child kind {kind!r}")
+            result["ok"] = True
+        except (RuntimeError, MemoryError) as error:  # the allocator refusing under the cap
+            result["ok"] = False
+            result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    result["seconds"] = time.perf_counter() - start
+    result["peak_bytes"] = peak_rss_bytes()
+    return result
+
+
+def run_child(kind: str, length: int, cap_gib: float) -> dict:
+    """Run :func:`child` in a fresh interpreter under an address-space cap of ``cap_gib``."""
+    command = [sys.executable, __file__, "--child", kind, "--tokens", str(length), "--cap-gib", str(cap_gib)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"kind": kind, "tokens": length, "ok": False,
+                "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    result = json.loads(lines[-1])
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    result["children_max_rss_bytes"] = children  # the largest child so far (a cross-check)
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) -> str:
+    import inspect
+
+    import transformers
+
+    import workbench
+    from workbench.recorders.attention import STATS as ATTENTION_STATS
+
+    lens_positions = inspect.signature(workbench.record).parameters["lens_positions"].default
+
+    lines = [
+        f"## Recording overhead and memory ({datetime.date.today().isoformat()})",
+        "",
+        f"SmolLM2-135M fp32 (30 layers x 9 heads), batch 1, natural text, CPU ({os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, shared with other work), torch {torch.__version__}, "
+        f"transformers {transformers.__version__}.",
+    ]
+    if timing is not None:
+        s = timing["seconds"]
+        nothing = s["nothing"]
+        lines += [
+            "",
+            f"### Time at {timing['tokens']} tokens (min of {timing['repeats']} interleaved runs, "
+            f"{timing['threads']} threads, one warm-up discarded)",
+            "",
+            f"**Recording attention + residual (logit lens at {lens_positions} positions) + routing + loss: "
+            f"{s['everything'] / nothing:.2f}x** the forward with nothing recording (target <= 1.5); "
+            f"recorded loss {timing['loss']:.3f} nats/token.",
+            "",
+            "| forward (`model.hidden(tokens)` unless named) | ratio to nothing recording | seconds |",
+            "|---|---|---|",
+        ]
+        names = {
+            "nothing": "nothing recording",
+            "everything": "attention + residual + routing + loss",
+            "attention": "attention statistics only",
+            "residual": "residual write stats + logit lens only",
+            "loss": "loss only (unembeds all T positions)",
+            "logits": "`model(tokens)`: full logits, nothing recording",
+        }
+        lines += [f"| {label} | **{s[name] / nothing:.2f}** | {s[name]:.2f} |" for name, label in names.items()]
+        lines += ["", f"Against `model(tokens)`, which pays the same unembedding the loss needs, recording "
+                      f"everything costs {s['everything'] / s['logits']:.2f}x."]
+    if memory:
+        n_mem = args.memory_tokens
+        lines += [
+            "",
+            f"### Peak memory (fresh process each; address space capped at {args.cap_gib:g} GiB)",
+            "",
+            "| job | tokens | peak RSS of the process during the forward | held attention weights | outcome |",
+            "|---|---|---|---|---|",
+        ]
+        for m in memory:
+            held = m.get("held_bytes")
+            held_text = gib(held) if held else "-"
+            if m["kind"] in ("hf-output-attentions", "nnsight-save-weights") and not held:
+                held_text = f"would be {gib(attention_bytes(m['tokens']))}"
+            outcome = "ok" if m.get("ok") else f"failed: {m.get('error', '?')}"
+            if m["kind"] == "hf-output-attentions" and "layers_done" in m:
+                outcome += f" (after {m['layers_done']} of {SMOLLM2_LAYERS} layers)"
+            label = {
+                "workbench-plain": "workbench forward, nothing recording",
+                "workbench-attention": "**workbench: attention statistics, all layers x heads**",
+                "hf-output-attentions": "transformers eager, `output_attentions=True`",
+                "nnsight-save-weights": "nnsight, saving every layer's attention weights",
+                "nnsight-backend": "workbench nnsight backend (`record_hf`, attention)",
+            }[m["kind"]]
+            peak = gib(m["peak_bytes"]) if "peak_bytes" in m else "-"
+            lines.append(f"| {label} | {m['tokens']} | {peak} | {held_text} | {outcome} |")
+        lines += [
+            "",
+            f"Analytic: every layer's weights at {n_mem} tokens are {SMOLLM2_LAYERS} x {SMOLLM2_HEADS} x "
+            f"{n_mem}^2 x 4 B = {attention_bytes(n_mem) / 1e9:.0f} GB ({gib(attention_bytes(n_mem))}); "
+            f"at {args.nnsight_tokens} tokens {gib(attention_bytes(args.nnsight_tokens))}. The workbench keeps "
+            f"{len(ATTENTION_STATS)} numbers per (layer, head, position): "
+            f"{gib(len(ATTENTION_STATS) * SMOLLM2_LAYERS * SMOLLM2_HEADS * n_mem * 4)} of records.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def attention_bytes(length: int) -> int:
+    from workbench.recorders.nnsight_backend import attention_weights_bytes
+
+    return attention_weights_bytes(SMOLLM2_LAYERS, SMOLLM2_HEADS, length)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=2048, help="length for the time measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-tokens", type=int, default=8192)
+    parser.add_argument("--nnsight-tokens", type=int, default=2048)
+    parser.add_argument("--cap-gib", type=float, default=12.0, help="address-space cap of each child")
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table and stop")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        cap = int(args.cap_gib * GIB)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        print(json.dumps(child(args.child, args.tokens)), flush=True)
+        return
+    if args.profile:
+        print(profile_recording(args.tokens))
+        return
+    timing = None if args.skip_time else time_recording(args.tokens, args.repeats)
+    if timing is not None:
+        print(json.dumps(timing, indent=1), flush=True)
+    memory = []
+    if not args.skip_memory:
+        jobs = [
+            ("workbench-plain", args.memory_tokens),
+            ("workbench-attention", args.memory_tokens),
+            ("hf-output-attentions", args.memory_tokens),
+            ("nnsight-save-weights", args.nnsight_tokens),
+            ("nnsight-backend", args.nnsight_tokens),
+        ]
+        for kind, length in jobs:
+            memory.append(run_child(kind, length, args.cap_gib))
+            print(json.dumps(memory[-1]), flush=True)
+    text = report(timing, memory, args)
+    print(text)
+    if not args.no_write:
+        results = Path(__file__).with_name("RESULTS.md")
+        previous = results.read_text() if results.exists() else "# Benchmark results\n"
+        results.write_text(previous.rstrip() + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
