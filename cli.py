@@ -119,8 +119,13 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                           console=err, transient=True, disable=quiet) as progress:
                 task = progress.add_task("starting", total=None)
-                report = pipeline.run(checkpoint, options,
-                                      progress=lambda message: progress.update(task, description=message))
+
+                def step(message: str) -> None:
+                    progress.update(task, description=message)
+                    if not err.is_terminal and not quiet:  # logs (CI): one line per step
+                        err.print(Text(f"... {message}"), highlight=False, soft_wrap=True)
+
+                report = pipeline.run(checkpoint, options, progress=step)
                 progress.update(task, description="writing the report")
                 folder = pipeline.write(report, out_dir, options)
         if json_path is not None:

@@ -1,0 +1,130 @@
+"""The pipeline: determinism, atomic and non-overwriting output, interruption, edge lengths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.checkpoint import save_checkpoint
+from workbench.config import DecoderConfig
+from workbench.model import HookedDecoder
+from workbench.report.schema import strip_time_fields, validate
+from workbench.run import RunError, RunOptions, run, write
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_checkpoint(folder: Path, **overrides) -> Path:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=128, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=48, max_positions=64,
+                  name="tiny")
+    fields.update(overrides)
+    return save_checkpoint(HookedDecoder(DecoderConfig(**fields)), folder)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def test_same_inputs_give_byte_identical_reports_apart_from_time_fields(tiny, tmp_path):
+    texts = []
+    for name in ("a", "b"):
+        options = RunOptions(command="diagnose", profile="ci", trace_dir=tmp_path / f"trace-{name}")
+        folder = write(run(str(tiny), options), tmp_path / name, options)
+        texts.append((folder / "report.json").read_text())
+    first, second = (json.loads(t) for t in texts)
+    assert first["time_fields"] == second["time_fields"] and "run.created_utc" in first["time_fields"]
+    assert first != second  # times and ids differ...
+    stripped = [json.dumps(strip_time_fields(r), sort_keys=True) for r in (first, second)]
+    assert stripped[0] == stripped[1]  # ...and nothing else does
+
+
+def test_two_runs_never_overwrite_each_other(tiny, tmp_path):
+    options = RunOptions(command="attention", profile="ci")
+    report = run(str(tiny), options)
+    first = write(report, None, options, reports_root=tmp_path)
+    second = write(report, None, options, reports_root=tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temp left
+
+
+def test_report_validates_and_carries_every_section(tiny):
+    report = run(str(tiny), RunOptions(command="diagnose", profile="ci"))
+    assert validate(json.loads(json.dumps(report, default=str).replace("NaN", "null"))) == []
+    for section in ("attention", "residual", "length", "kv", "timing"):
+        assert report[section] is not None, section
+    assert report["routing"] is None  # dense model
+
+
+def test_a_probe_too_large_for_the_host_is_refused_before_allocating():
+    with pytest.raises(RunError, match=r"largest that fits is about [\d,]+ tokens"):
+        run("smollm2", RunOptions(command="attention", tokens=1_000_000))
+
+
+def test_learned_positions_past_the_table_are_a_finding_not_a_crash(tmp_path):
+    folder = make_checkpoint(tmp_path / "learned", positions="learned", max_positions=32)
+    report = run(str(folder), RunOptions(command="extrapolation", profile="ci"))
+    table = [f for f in report["findings"] if f["check"] == "position_table"]
+    assert table and table[0]["status"] == "fail" and "past the learned position table" in table[0]["message"]
+
+
+def test_sliding_window_past_the_window_and_length_one(tmp_path):
+    folder = make_checkpoint(tmp_path / "window", sliding_window=8, max_positions=64)
+    report = run(str(folder), RunOptions(command="attention", profile="ci", tokens=40))
+    assert report["attention"]["n_tokens"] == 40
+    # the farthest a query can look is window - 1 tokens back
+    assert max(max(row) for layer in report["attention"]["by_position"]["mean_distance"] for row in layer) <= 7
+    one = run(str(folder), RunOptions(command="attention", profile="ci", tokens=2))
+    assert [f["status"] for f in one["findings"] if f["analyzer"] == "attention_saturation"] == ["skip"]
+
+
+def start_and_wait_for_sweep(argv: list[str]) -> subprocess.Popen:
+    """Start the CLI and return once it reports a length-sweep step on stderr."""
+    process = subprocess.Popen([sys.executable, "-c", "import cli; cli.main()", *argv], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    for line in process.stderr:
+        if "probe," in line:  # "... natural probe, 1024 tokens"
+            return process
+        assert time.monotonic() < deadline, "the sweep never started"
+    raise AssertionError(f"the command ended before the sweep: {process.wait()}")
+
+
+def test_interrupt_during_a_sweep_leaves_no_report_and_exits_non_zero(tmp_path):
+    folder = make_checkpoint(tmp_path / "slow", positions="rope", max_positions=2048, d_model=64, n_layers=4,
+                             d_mlp=256, n_heads=4, d_head=16)
+    profile = tmp_path / "slow.toml"
+    profile.write_text("[probes]\nmax_tokens = 8192\nlengths = [1024, 2048, 3072, 4096, 6144, 8192]\n"
+                       "extrapolation_factors = [1.0, 2.0, 4.0]\nbatch = 2\n")
+    reports = tmp_path / "reports"
+    process = start_and_wait_for_sweep(["extrapolation", str(folder), "--profile", str(profile),
+                                        "--out", str(reports / "run")])
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted: no report was written" in stderr
+    leftovers = list(reports.iterdir()) if reports.exists() else []
+    assert leftovers == []
+
+
+def test_sigterm_is_treated_like_an_interrupt(tmp_path):
+    folder = make_checkpoint(tmp_path / "slow", positions="rope", max_positions=2048, d_model=64, n_layers=4,
+                             d_mlp=256)
+    profile = tmp_path / "slow.toml"
+    profile.write_text("[probes]\nmax_tokens = 8192\nlengths = [2048, 4096, 8192]\nbatch = 2\n")
+    process = start_and_wait_for_sweep(["extrapolation", str(folder), "--profile", str(profile),
+                                        "--out", str(tmp_path / "reports" / "run")])
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
