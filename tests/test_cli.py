@@ -235,7 +235,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny, hf_tiny, tm
     result = invoke(*argv)
     assert result.exit_code == 2, (result.exit_code, result.output)
     # progress steps ("... loading model") may come first when stderr is not a terminal
-    message = "\n".join(line for line in result.stderr.strip().splitlines() if not line.startswith("... "))
+    message = "\n".join(line for line in result.stderr.strip().splitlines() if line.strip() and not line.startswith("... "))
     if case in ("negative tokens", "absurd tokens"):  # typer's own usage error box
         assert expected in message
     else:
