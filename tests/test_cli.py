@@ -199,6 +199,15 @@ def bad_inputs(tmp: Path, tiny: Path, hf_tiny: Path) -> list[tuple[str, list[str
     with open(pickled / "pytorch_model.bin", "wb") as handle:
         pickle.dump({"model.embed_tokens.weight": Payload(tmp / "PWNED")}, handle)
     cases.append(("pickle with code", ["diagnose", str(pickled)], "refused to load"))
+    from test_checkpoint import write_gguf
+
+    torch.manual_seed(0)
+    llama = HookedDecoder(DecoderConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=4, d_head=8, d_mlp=64,
+                                        max_positions=64))
+    gguf_path = write_gguf(llama, tmp / "iq2.gguf", quant_tensor="blk.0.ffn_up.weight")
+    cases.append(("gguf with an unsupported quantisation", ["diagnose", str(gguf_path)],
+                  f"error: {gguf_path}: tensor blk.0.ffn_up.weight uses quantisation IQ2_XXS, which the loader "
+                  "does not dequantise"))
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text('name = "x"\n[probes]\ntokens = \n')
     cases.append(("invalid profile TOML", ["diagnose", str(tiny), "--profile", str(bad_toml)], f"{bad_toml}:3:"))
@@ -222,7 +231,7 @@ def bad_inputs(tmp: Path, tiny: Path, hf_tiny: Path) -> list[tuple[str, list[str
 
 
 CASE_IDS = ["missing path", "no config.json", "config not JSON", "config lacks fields", "unknown model_type",
-            "truncated safetensors", "shapes disagree", "pickle with code", "invalid profile TOML",
+            "truncated safetensors", "shapes disagree", "pickle with code", "gguf with an unsupported quantisation", "invalid profile TOML",
             "profile with an unknown key", "unknown profile name", "unknown device", "unknown architecture",
             "negative tokens", "absurd tokens", "empty --text file", "missing --text file"]
 

@@ -128,3 +128,16 @@ def test_sigterm_is_treated_like_an_interrupt(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+def test_cuda_out_of_memory_becomes_a_run_error_with_the_largest_length(tiny, monkeypatch):
+    import workbench.run as pipeline
+
+    def explode(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipeline, "_run", explode)
+    monkeypatch.setattr(pipeline, "device_memory_bytes", lambda device: 16 * 2**30)
+    with pytest.raises(RunError, match=r"out of memory on cuda:0 with a 4,096-token probe; the largest probe "
+                                       r"that fits is about [\d,]+ tokens"):
+        run(str(tiny), RunOptions(command="attention", device="cuda:0", tokens=4096))

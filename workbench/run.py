@@ -114,8 +114,46 @@ def check_fits_in_memory(config: Any, tokens: int, device: str, dtype: str) -> N
         )
 
 
+def device_memory_bytes(device: str) -> int | None:
+    """Total memory of a CUDA device (None for the CPU or when CUDA is absent)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+
+
+def out_of_memory_error(config: Any, tokens: int, device: str, dtype: str) -> RunError:
+    """The message for a forward that ran out of device memory, with the largest length that fits."""
+    from workbench.analyzers.kv_memory import PlanError, plan
+
+    memory = device_memory_bytes(device)
+    hint = ""
+    if memory is not None:
+        try:
+            result = plan(config, memory, batch=1, context=tokens, kv_dtype=dtype, weights_dtype=dtype,
+                          prefill_chunk=None)
+            if result.max_context:
+                hint = f"; the largest probe that fits is about {result.max_context:,} tokens (--tokens)"
+        except PlanError:
+            pass
+    return RunError(f"out of memory on {device} with a {tokens:,}-token probe{hint}")
+
+
 def run(source: str | None, options: RunOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``options.command`` on ``source``; returns the report document."""
+    """Run ``options.command`` on ``source``; returns the report document.
+
+    A probe too long for the host is refused before anything is allocated (from the kv_memory
+    estimate); on CUDA, running out of memory becomes a :class:`RunError` naming the largest
+    length that fits."""
+    try:
+        return _run(source, options, progress)
+    except torch.OutOfMemoryError:
+        from workbench import checkpoint
+
+        config = checkpoint.load_config(source)
+        raise out_of_memory_error(config, options.tokens or 0, options.device, options.dtype) from None
+
+
+def _run(source: str | None, options: RunOptions, progress: Progress | None = None) -> dict[str, Any]:
     from workbench import checkpoint
     from workbench.profiles import load_profile
     from workbench.tokenizer import load_tokenizer, token_labels
