@@ -146,59 +146,31 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
     raise typer.Exit(1 if status == "fail" else 0)
 
 
-@app.command()
-def diagnose(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-             dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-             text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-             seed: SeedOpt = None) -> None:
-    """Run every analyzer (attention, residual, routing, length, KV memory, timing) and write a report."""
-    _run_command("diagnose", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+ANALYSIS_COMMANDS = {
+    "diagnose": "Run every analyzer (attention, residual, routing, length, KV memory, timing) and write a report.",
+    "attention": "Attention statistics per layer and head: saturation, sink heads, logit scale, patterns.",
+    "residual": "Residual stream: write norms per layer, the logit lens, per-position loss.",
+    "routing": "MoE routing: load and importance per expert, dead experts, balance loss.",
+    "extrapolation": "Loss per position at lengths around the claimed context: where does the model stop coping?",
+    "profile": "Time the forward per op and per layer component; write a TensorBoard and a Perfetto trace.",
+}
 
 
-@app.command()
-def attention(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-              dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-              text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-              seed: SeedOpt = None) -> None:
-    """Attention statistics per layer and head: saturation, sink heads, logit scale, patterns."""
-    _run_command("attention", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+def _analysis_command(command: str):
+    def handler(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
+                dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
+                text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
+                seed: SeedOpt = None) -> None:
+        _run_command(command, checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet,
+                     seed)
+
+    handler.__doc__ = ANALYSIS_COMMANDS[command]
+    handler.__name__ = f"{command}_command"
+    return handler
 
 
-@app.command()
-def residual(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-             dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-             text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-             seed: SeedOpt = None) -> None:
-    """Residual stream: write norms per layer, the logit lens, per-position loss."""
-    _run_command("residual", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
-
-
-@app.command()
-def routing(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-            dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-            text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-            seed: SeedOpt = None) -> None:
-    """MoE routing: load and importance per expert, dead experts, balance loss."""
-    _run_command("routing", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
-
-
-@app.command()
-def extrapolation(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-                  dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-                  text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None,
-                  quiet: QuietOpt = False, seed: SeedOpt = None) -> None:
-    """Loss per position at lengths around the claimed context: where does the model stop coping?"""
-    _run_command("extrapolation", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path,
-                 quiet, seed)
-
-
-@app.command("profile")
-def profile_command(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
-                    dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
-                    text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None,
-                    quiet: QuietOpt = False, seed: SeedOpt = None) -> None:
-    """Time the forward per op and per layer component; write a TensorBoard and a Perfetto trace."""
-    _run_command("profile", checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet, seed)
+for _name in ANALYSIS_COMMANDS:
+    app.command(_name)(_analysis_command(_name))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from workbench.analyzers import merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.routing import LayerRouting, RoutingRecord
 
@@ -51,9 +52,7 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
-    values = {name: default for name, (default, _) in THRESHOLDS.items()}
-    values.update(profile_values or {})
-    return values
+    return merged_thresholds(THRESHOLDS, profile_values)
 
 
 def layer_metrics(state: LayerRouting, dead_share: float) -> dict[str, Any]:

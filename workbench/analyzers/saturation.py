@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from workbench.analyzers import merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.attention import AttentionRecord
 
@@ -59,9 +60,7 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
-    values = {name: default for name, (default, _) in THRESHOLDS.items()}
-    values.update(profile_values or {})
-    return values
+    return merged_thresholds(THRESHOLDS, profile_values)
 
 
 def head_metrics(record: AttentionRecord, onehot_prob: float, skip: int) -> dict[str, torch.Tensor]:
