@@ -51,6 +51,8 @@ OutOpt = Annotated[Path | None, typer.Option(help="Report folder (default: repor
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write report.json to this path.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the status and the report path.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for probe inputs (default: the profile's).")]
+BackendOpt = Annotated[str, typer.Option(help="native: the hooked decoder; nnsight: trace the transformers "
+                                              "model itself (any architecture transformers loads).")]
 
 
 class BadInput(Exception):
@@ -98,7 +100,7 @@ def _read_text(path: Path | None, prompt: str | None) -> str | None:
 
 def _run_command(command: str, checkpoint: str | None, profile: str, device: str, dtype: str,
                  tokens: int | None, prompt: str | None, text: Path | None, out_dir: Path | None,
-                 json_path: Path | None, quiet: bool, seed: int | None) -> None:
+                 json_path: Path | None, quiet: bool, seed: int | None, backend: str = "native") -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     import tempfile
 
@@ -115,7 +117,8 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
         prompt_text = _read_text(text, prompt)
         with tempfile.TemporaryDirectory(prefix="workbench-trace-") as trace_dir:
             options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
-                                          device=device, dtype=dtype, seed=seed, trace_dir=Path(trace_dir))
+                                          device=device, dtype=dtype, seed=seed, trace_dir=Path(trace_dir),
+                                          backend=backend)
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                           console=err, transient=True, disable=quiet) as progress:
                 task = progress.add_task("starting", total=None)
@@ -160,9 +163,9 @@ def _analysis_command(command: str):
     def handler(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
                 dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
                 text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-                seed: SeedOpt = None) -> None:
+                seed: SeedOpt = None, backend: BackendOpt = "native") -> None:
         _run_command(command, checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet,
-                     seed)
+                     seed, backend)
 
     handler.__doc__ = ANALYSIS_COMMANDS[command]
     handler.__name__ = f"{command}_command"

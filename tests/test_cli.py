@@ -266,3 +266,22 @@ def test_pickle_payload_never_runs_even_through_the_library(hf_tiny, tmp_path):
         load_model(folder)
     assert not (tmp_path / "PWNED").exists()
     os.sync()
+
+
+def test_nnsight_backend_diagnoses_an_architecture_the_decoder_lacks(tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=128)
+    folder = tmp_path / "neox"
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    native = invoke("attention", str(folder), "--profile", "ci")
+    assert native.exit_code == 2 and "--backend nnsight" in native.stderr
+    result = invoke("diagnose", str(folder), "--profile", "ci", "--backend", "nnsight", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["run"]["backend"] == "nnsight" and report["model"]["model_type"] == "gpt_neox"
+    assert report["attention"]["n_layers"] == 2 and report["residual"] is not None
+    skipped = {f["analyzer"] for f in report["findings"] if f["check"] == "backend"}
+    assert skipped == {"length_extrapolation", "kv_memory"}

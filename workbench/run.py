@@ -50,6 +50,7 @@ class RunOptions:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int | None = None  # None: the profile's
+    backend: str = "native"  # "native" (the hooked decoder) or "nnsight" (the transformers model)
     trace_dir: Path | None = None  # where timing writes traces (the report folder copies them)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +168,12 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     profile = load_profile(options.profile)
     seed = profile.seed if options.seed is None else options.seed
     torch.manual_seed(seed)
+    if options.backend == "nnsight":
+        from workbench.run_nnsight import run_nnsight
+
+        return run_nnsight(source, options, profile, seed, say)
+    if options.backend != "native":
+        raise RunError(f"unknown backend {options.backend!r}; choose native or nnsight")
     config = checkpoint.load_config(source)
     check_fits_in_memory(config, options.tokens or int(profile.probes["tokens"]), options.device, options.dtype)
     say("loading model")

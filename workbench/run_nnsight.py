@@ -1,0 +1,112 @@
+"""The pipeline on the nnsight backend: for architectures the hooked decoder does not implement.
+
+The transformers model itself is loaded (eager attention, so attention weights exist) and traced
+with nnsight; the records are the same types as the native ones, so the same analyzers read them.
+What needs the hooked decoder (the length sweep's chunked loss at long context, the per-block
+profiler ranges) or a DecoderConfig (the KV plan) is reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from workbench.findings import Finding
+
+SKIPPED = {
+    "length": ("length_extrapolation", "the length sweep runs on the hooked decoder only"),
+    "kv": ("kv_memory", "the KV plan needs a config the workbench understands (use `workbench kv` with an "
+                        "architecture profile)"),
+}
+
+
+def load_hf_model(source: str, dtype: str, device: str) -> Any:
+    from workbench.checkpoint import CheckpointError, parse_dtype, resolve
+
+    kind, path = resolve(source)
+    if kind != "hf":
+        raise CheckpointError(f"{path}: the nnsight backend takes a transformers checkpoint folder")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=parse_dtype(dtype), attn_implementation="eager")
+    except (OSError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: transformers cannot load it ({first})") from None
+    return model.to(device).eval()
+
+
+def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict[str, Any]:
+    from workbench import run as pipeline
+    from workbench.analyzers import routing_collapse, saturation
+    from workbench.analyzers.nonfinite import scan_weights
+    from workbench.recorders import PatternRequest
+    from workbench.recorders.nnsight_backend import describe, record_hf
+    from workbench.tokenizer import load_tokenizer, token_labels
+
+    started, created = time.perf_counter(), datetime.now(UTC)
+    say("loading model (transformers)")
+    model = load_hf_model(source, options.dtype, options.device)
+    layout = describe(model)
+    hf_config = model.config
+    shape = SimpleNamespace(
+        vocab_size=int(hf_config.vocab_size), positions="unknown",
+        max_positions=int(getattr(hf_config, "max_position_embeddings", 0) or 1 << 20),
+    )
+    tokenizer = load_tokenizer(source)
+    probe = pipeline._main_probe(options, profile, shape, tokenizer, seed)
+    n_layers, n_heads = layout.n_layers, layout.n_heads
+    rows = min(probe.length, 48)
+    patterns = [PatternRequest(layer, head, 0, rows) for layer in range(n_layers) for head in range(n_heads)]
+    wanted = pipeline.COMMANDS[options.command]
+    say(f"recording a {probe.length}-token {probe.kind} probe through nnsight")
+    with torch.no_grad():
+        recording = record_hf(model, probe.tokens.to(options.device), attention="attention" in wanted,
+                              residual="residual" in wanted, routing="routing" in wanted,
+                              loss="loss" in wanted, patterns=patterns)
+    findings: list[Finding] = scan_weights(model) if "nonfinite" in wanted else []
+    sections: dict[str, Any] = {name: None for name in ("attention", "residual", "routing", "length", "kv", "timing")}
+    labels = token_labels(tokenizer, probe.tokens[0, :48].tolist())
+    if "attention" in wanted:
+        findings += saturation.analyze(recording.attention, profile.thresholds.get(saturation.NAME))
+        if recording.attention is not None:
+            sections["attention"] = {**recording.attention.to_dict(), "probe": probe.name, "token_labels": labels}
+    if "residual" in wanted and recording.residual is not None:
+        sections["residual"] = {**recording.residual.to_dict(), "probe": probe.name}
+        if recording.loss is not None:
+            sections["residual"]["loss"] = recording.loss.to_dict()
+    if "routing" in wanted:
+        findings += routing_collapse.analyze(recording.routing, profile.thresholds.get(routing_collapse.NAME),
+                                             is_moe=recording.routing is not None)
+        if recording.routing is not None:
+            sections["routing"] = recording.routing.to_dict()
+    for key, (analyzer, reason) in SKIPPED.items():
+        if key in wanted:
+            findings.append(Finding(analyzer, "backend", "skip", f"not run on the nnsight backend: {reason}"))
+    model_type = str(getattr(hf_config, "model_type", "unknown"))
+    return {
+        "schema": "transformer-workbench/report",
+        "schema_version": pipeline.SCHEMA_VERSION,
+        "tool": pipeline._versions(),
+        "run": {"id": "", "command": options.command, "created_utc": created.isoformat(timespec="seconds"),
+                "duration_seconds": round(time.perf_counter() - started, 3), "profile": profile.name,
+                "seed": seed, "device": options.device, "dtype": options.dtype, "backend": "nnsight"},
+        "time_fields": list(pipeline.TIME_FIELDS),
+        "model": {"source": str(source), "name": str(getattr(hf_config, "_name_or_path", "") or model_type),
+                  "model_type": model_type, "config": hf_config.to_diff_dict(),
+                  "n_params": sum(p.numel() for p in model.parameters()), "weights_quant": None},
+        "summary": pipeline.summarize(findings),
+        "findings": [f.to_dict() for f in pipeline.sort_findings(findings)],
+        "probes": [{"name": probe.name, "kind": probe.kind, "length": probe.length, "seed": probe.seed,
+                    "description": probe.description, "text": options.prompt}],
+        **sections,
+        "artifacts": {"report_json": "report.json", "report_html": "report.html", "trace_dir": None,
+                      "chrome_trace": None},
+    }
