@@ -93,6 +93,7 @@ def time_recording(length: int, repeats: int) -> dict:
     variants: dict[str, Callable[[], object]] = {
         "nothing": lambda: model.hidden(tokens),
         "everything": recorded(attention=True, residual=True, routing=True, loss=True),
+        "no_lens": recorded(attention=True, residual=True, routing=True, loss=True, lens=False),
         "attention": recorded(attention=True),
         "residual": recorded(residual=True),
         "loss": recorded(loss=True),
@@ -110,6 +111,7 @@ def time_recording(length: int, repeats: int) -> dict:
     return {
         "tokens": length,
         "repeats": repeats,
+        "load_average": os.getloadavg(),
         "seconds": best,
         "all_seconds": seconds,
         "loss": recording.loss.mean,
@@ -249,7 +251,8 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
         lines += [
             "",
             f"### Time at {timing['tokens']} tokens (min of {timing['repeats']} interleaved runs, "
-            f"{timing['threads']} threads, one warm-up discarded)",
+            f"{timing['threads']} threads, one warm-up discarded; load average "
+            f"{timing['load_average'][1]:.1f} from other work on the machine)",
             "",
             f"**Recording attention + residual (logit lens at {lens_positions} positions) + routing + loss: "
             f"{s['everything'] / nothing:.2f}x** the forward with nothing recording (target <= 1.5); "
@@ -261,12 +264,14 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
         names = {
             "nothing": "nothing recording",
             "everything": "attention + residual + routing + loss",
+            "no_lens": "the same without the logit lens",
             "attention": "attention statistics only",
             "residual": "residual write stats + logit lens only",
             "loss": "loss only (unembeds all T positions)",
             "logits": "`model(tokens)`: full logits, nothing recording",
         }
-        lines += [f"| {label} | **{s[name] / nothing:.2f}** | {s[name]:.2f} |" for name, label in names.items()]
+        lines += [f"| {label} | **{s[name] / nothing:.2f}** | {s[name]:.2f} |"
+                  for name, label in names.items()]
         lines += ["", f"Against `model(tokens)`, which pays the same unembedding the loss needs, recording "
                       f"everything costs {s['everything'] / s['logits']:.2f}x."]
     if memory:
@@ -275,7 +280,8 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
             "",
             f"### Peak memory (fresh process each; address space capped at {args.cap_gib:g} GiB)",
             "",
-            "| job | tokens | peak RSS of the process during the forward | held attention weights | outcome |",
+            "| job | tokens | peak RSS of the process during the forward | held attention weights "
+            "| outcome |",
             "|---|---|---|---|---|",
         ]
         for m in memory:
@@ -299,7 +305,8 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
             "",
             f"Analytic: every layer's weights at {n_mem} tokens are {SMOLLM2_LAYERS} x {SMOLLM2_HEADS} x "
             f"{n_mem}^2 x 4 B = {attention_bytes(n_mem) / 1e9:.0f} GB ({gib(attention_bytes(n_mem))}); "
-            f"at {args.nnsight_tokens} tokens {gib(attention_bytes(args.nnsight_tokens))}. The workbench keeps "
+            f"at {args.nnsight_tokens} tokens {gib(attention_bytes(args.nnsight_tokens))}. "
+            "The workbench keeps "
             f"{len(ATTENTION_STATS)} numbers per (layer, head, position): "
             f"{gib(len(ATTENTION_STATS) * SMOLLM2_LAYERS * SMOLLM2_HEADS * n_mem * 4)} of records.",
         ]
@@ -319,6 +326,7 @@ def main() -> None:
     parser.add_argument("--memory-tokens", type=int, default=8192)
     parser.add_argument("--nnsight-tokens", type=int, default=2048)
     parser.add_argument("--cap-gib", type=float, default=12.0, help="address-space cap of each child")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table and stop")
@@ -326,6 +334,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         cap = int(args.cap_gib * GIB)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

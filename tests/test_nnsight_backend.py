@@ -77,7 +77,8 @@ def test_describe_finds_the_parts_of_a_foreign_family(neox) -> None:
     layout = describe(neox)
     assert layout.layers_path == "gpt_neox.layers"
     assert layout.final_norm_path == "gpt_neox.final_layer_norm"
-    assert [(p.attention, p.mlp, p.router, p.window) for p in layout.layers] == [("attention", "mlp", None, None)] * 2
+    parts = [(p.attention, p.mlp, p.router, p.window) for p in layout.layers]
+    assert parts == [("attention", "mlp", None, None)] * 2
     assert (layout.n_heads, layout.d_head) == (4, 8)
     assert layout.scale == pytest.approx(8**-0.5, rel=1e-12)
 
@@ -106,7 +107,7 @@ def test_foreign_family_records_have_the_right_shapes_and_sane_values(neox) -> N
     assert ((attention.max_prob > 0) & (attention.max_prob <= 1 + 1e-6)).all()
     assert torch.equal(attention.sink_mass[:, :, 0], torch.ones(2, 4))  # one key: all weight on it
     positions = torch.arange(T, dtype=torch.float32)
-    assert ((attention.mean_distance >= 0) & (attention.mean_distance <= positions + 1e-4)).all()
+    assert ((attention.mean_distance >= -1e-5) & (attention.mean_distance <= positions + 1e-4)).all()
     assert ((attention.argmax >= 0) & (attention.argmax <= positions)).all()
     residual = recording.residual
     for stat in RESIDUAL_STATS:
@@ -158,8 +159,8 @@ def test_an_nnsight_wrapper_is_accepted(neox) -> None:
     direct = record_hf(neox, tokens, residual=False, loss=False)
     wrapped = record_hf(NNsight(neox), tokens, residual=False, loss=False)
     for stat in ATTENTION_STATS:
-        torch.testing.assert_close(wrapped.attention.stats[stat], direct.attention.stats[stat], rtol=0, atol=0,
-                                   equal_nan=True)
+        wrapped_stat, direct_stat = wrapped.attention.stats[stat], direct.attention.stats[stat]
+        assert torch.equal(wrapped_stat.nan_to_num(-1), direct_stat.nan_to_num(-1))
 
 
 def _assert_same_records(backend, native, positions=slice(None)) -> None:

@@ -24,6 +24,7 @@ import workbench
 from workbench.hooks import attached_hook_count
 from workbench.recorders import PatternRequest, record
 from workbench.recorders.attention import STATS as ATTENTION_STATS
+from workbench.recorders.attention import row_max
 from workbench.recorders.loss import chunked_loss
 
 T = SEQ_LEN
@@ -41,9 +42,12 @@ def _set_explicit(model, on: bool) -> None:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("chunk_size", [256, 5])  # one chunk, or three of up to 5 query rows
 @pytest.mark.parametrize("name", ["llama", "window", "alibi", "gpt2", "moe"])
-def test_recording_changes_no_logit(tiny_decoder, make_batch, name) -> None:
+def test_recording_changes_no_logit(tiny_decoder, make_batch, name, chunk_size) -> None:
     model = tiny_decoder(name)
+    for attn in model.attention_modules():
+        attn.chunk_size = chunk_size
     tokens, mask, positions = make_batch(VOCAB)
     everything = dict(attention=True, residual=True, routing=True, loss=True,
                       patterns=[PatternRequest(0, 1)])
@@ -79,7 +83,7 @@ def _reference_statistics(probs: torch.Tensor, scores: torch.Tensor, visible: to
     max_prob, argmax = p.max(-1)
     first = visible.double().argmax(-1, keepdim=True)
     query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    distance = (query - key).clamp_min(0).double()
+    distance = (query - key).double()  # signed: a padding row that sees every key looks ahead
     s_visible = torch.where(visible, s, torch.zeros_like(s))
     mean = s_visible.sum(-1, keepdim=True) / n_visible[..., None]
     var = (torch.where(visible, s - mean, torch.zeros_like(s)) ** 2).sum(-1) / n_visible
@@ -99,7 +103,9 @@ def _reference_statistics(probs: torch.Tensor, scores: torch.Tensor, visible: to
 @pytest.mark.parametrize("chunk_size", [3, 7])
 @pytest.mark.parametrize("name,padded", [("llama", False), ("window", False), ("alibi", False),
                                          ("llama", True), ("window", True)])
-def test_chunked_statistics_equal_those_of_the_full_pattern(tiny_decoder, make_batch, name, padded, chunk_size):
+def test_chunked_statistics_equal_those_of_the_full_pattern(
+    tiny_decoder, make_batch, name, padded, chunk_size
+) -> None:
     model = tiny_decoder(name)  # llama is GQA (4 query heads over 2 kv heads)
     tokens, mask, positions = make_batch(VOCAB)
     if not padded:
@@ -121,10 +127,11 @@ def test_chunked_statistics_equal_those_of_the_full_pattern(tiny_decoder, make_b
     assert {attn.chunk_size for attn in model.attention_modules()} == {chunk_size}  # restored
     for layer, attn in enumerate(model.attention_modules()):
         visible = _visible(mask, tokens.shape[0], attn.window)
-        expected = _reference_statistics(full["hook_pattern"][layer], full["hook_attn_scores"][layer], visible)
+        pattern, scores = full["hook_pattern"][layer], full["hook_attn_scores"][layer]
+        expected = _reference_statistics(pattern, scores, visible)
         for stat in ATTENTION_STATS:
             torch.testing.assert_close(recording.attention.stats[stat][layer], expected[stat], equal_nan=True,
-                                       **TIGHT, msg=lambda m, stat=stat, layer=layer: f"{stat}, layer {layer}: {m}")
+                                       **TIGHT, msg=lambda m, s=stat, layer=layer: f"{s}, layer {layer}: {m}")
     assert recording.attention.stats["entropy_norm"].shape == (model.config.n_layers, model.config.n_heads, T)
 
 
@@ -149,7 +156,8 @@ def test_pattern_capture_respects_the_byte_budget(tiny_decoder) -> None:
         start = recording.attention.pattern_start[(layer, head)]
         assert start == 2
         # Chunked matmuls round differently from the full one (~1e-7): tight, not bitwise.
-        torch.testing.assert_close(pattern, patterns[0][0, head, start : start + pattern.shape[0], :T], **TIGHT)
+        expected = patterns[0][0, head, start : start + pattern.shape[0], :T]
+        torch.testing.assert_close(pattern, expected, **TIGHT)
     with record(model, attention=True, patterns=requests) as generous:
         model(tokens)
     assert generous.attention.patterns_dropped == 0
@@ -256,7 +264,8 @@ def test_logit_lens(tiny_decoder) -> None:
     torch.testing.assert_close(residual.lens_kl[-1], torch.zeros(T), rtol=0, atol=1e-6)
     assert residual.lens_top1[-1].all()
     final_logp = torch.log_softmax(model.unembed(final[0]).double(), -1)
-    layer_logp = torch.log_softmax(model.unembed(model.ln_final(stream["hook_resid_post"][0][0])).double(), -1)
+    first_layer = model.ln_final(stream["hook_resid_post"][0][0])
+    layer_logp = torch.log_softmax(model.unembed(first_layer).double(), -1)
     expected_kl = (final_logp.exp() * (final_logp - layer_logp)).sum(-1)
     torch.testing.assert_close(residual.lens_kl[0], expected_kl.float(), rtol=1e-5, atol=1e-5)
     assert torch.equal(residual.lens_top1[0], layer_logp.argmax(-1) == final_logp.argmax(-1))
@@ -273,7 +282,8 @@ def test_logit_lens(tiny_decoder) -> None:
 def _assert_detached(model, chunk_size: int = 256) -> None:
     assert attached_hook_count(model) == 0
     assert all(attn.observer is None for attn in model.attention_modules())
-    assert all(attn.chunk_size == chunk_size for attn in model.attention_modules())
+    for attn in model.attention_modules():
+        assert attn.chunk_size == chunk_size and attn.chunk_keys is None
 
 
 @torch.no_grad()
@@ -307,3 +317,15 @@ def test_recording_is_json_serialisable(tiny_decoder) -> None:
     assert [layer["layer"] for layer in document["routing"]["layers"]] == [0, 2]
     assert document["loss"]["n_positions"] == T - 1
 
+
+
+@pytest.mark.parametrize("n", [5, 255, 256, 300, 1024])
+def test_row_max_equals_max(n) -> None:
+    generator = torch.Generator().manual_seed(n)
+    x = torch.softmax(torch.randn(2, 3, 7, n, generator=generator), dim=-1)
+    x[0, 0, 0, :] = 1 / n  # a row of ties: the first index wins
+    x[0, 0, 1, -1] = x[0, 0, 1, 0] = 2.0  # a tie between the first key and the last
+    values, indices = row_max(x)
+    expected_values, expected_indices = x.max(dim=-1)
+    assert torch.equal(values, expected_values) and torch.equal(indices, expected_indices)
+    assert indices[0, 0, 0] == 0 and indices[0, 0, 1] == 0

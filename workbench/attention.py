@@ -4,14 +4,16 @@ Shapes: B batch, T new tokens in this forward, S keys (cached + new), H query he
 K key/value heads (H % K == 0; MHA K == H, MQA K == 1), D d_head, c a chunk of queries.
 
 * The fast path calls ``scaled_dot_product_attention`` and never materialises scores.
-* The explicit path computes scores and probabilities in query chunks of ``chunk_size`` rows,
-  so peak memory is O(B x H x chunk x S). It runs only when something asks for attention:
+* The explicit path computes scores and probabilities in query chunks of at most ``chunk_size``
+  rows (and about ``chunk_keys`` rows x keys, when set), so peak memory is O(B x H x chunk x S).
+  It runs only when something asks for attention:
   an ``observer`` (a recorder reducing statistics chunk by chunk), a hook on ``hook_pattern`` or
   ``hook_attn_scores`` (which then see the full ``[B, H, T, S]`` tensor), or ``force_explicit``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -83,6 +85,7 @@ class ForwardContext:
     sin: torch.Tensor | None = None
     alibi: torch.Tensor | None = None  # (H,) slopes, None without ALiBi
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+    _causal: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
     def visible(self, window: int | None) -> torch.Tensor | None:
         """Bool ``(B or 1, 1, T, S)`` of visible keys, or None for a plain causal mask."""
@@ -96,13 +99,20 @@ class ForwardContext:
 
     def visible_or_causal(self, window: int | None) -> torch.Tensor:
         mask = self.visible(window)
-        return mask if mask is not None else self._build(window)
+        if mask is not None:
+            return mask
+        if window not in self._causal:  # built once per forward, shared by every layer
+            self._causal[window] = self._build(window)
+        return self._causal[window]
 
     def _build(self, window: int | None) -> torch.Tensor:
-        distance = self.query_index[:, None] - self.key_index[None, :]  # (T, S)
-        mask = distance >= 0
+        # Query i (absolute index past + i) sees key j when 0 <= past + i - j < window: a band of
+        # the (T, S) matrix, cut with tril/triu instead of a (T, S) int64 distance matrix.
+        T, S = self.query_index.shape[0], self.key_index.shape[0]
+        past = int(self.query_index[0] - self.key_index[0]) if T and S else 0
+        mask = torch.ones(T, S, dtype=torch.bool, device=self.query_index.device).tril_(past)
         if window is not None:
-            mask = mask & (distance < window)
+            mask = mask.triu_(past - window + 1)
         mask = mask[None, None]
         if self.key_valid is not None:
             mask = mask & self.key_valid[:, None, None, :]
@@ -135,7 +145,8 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.observer: AttentionObserver | None = None
-        self.chunk_size = 256
+        self.chunk_size = 256  # at most this many query rows per chunk
+        self.chunk_keys: int | None = None  # and at most about this many rows x keys, when set
         self.force_explicit = False
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
@@ -188,13 +199,21 @@ class Attention(nn.Module):
         K, S, group = self.n_kv_heads, k.shape[2], self.n_heads // self.n_kv_heads
         visible_all = ctx.visible_or_causal(self.window)  # (B or 1, 1, T, S)
         full = self.hook_pattern.active or self.hook_attn_scores.active
-        chunk = T if full else max(1, self.chunk_size)
+        max_rows = T if full else max(1, self.chunk_size)
         # Scale q once (T x D) rather than every score (T x S); groups of query heads share a
         # kv head, so each group's rows are stacked into one matmul against its K and V.
         q_grouped = (q * self.scale).view(B, K, group, T, D)
+        plain_causal = ctx.key_valid is None and self.window is None
         outputs = []
-        for start in range(0, T, chunk):
-            stop = min(start + chunk, T)
+        start = 0
+        while start < T:
+            rows = max_rows
+            if self.chunk_keys is not None and not full:
+                # Early rows see few keys (causal), so they come in larger chunks: the most rows
+                # r with r x (keys before the chunk + r) <= chunk_keys scores per head.
+                before = S - T + start
+                rows = min(rows, max(1, int((math.sqrt(before * before + 4 * self.chunk_keys) - before) / 2)))
+            stop = min(start + rows, T)
             c = stop - start
             visible = visible_all[:, :, start:stop]
             n = self._key_limit(ctx, visible, S - T + stop)
@@ -204,9 +223,12 @@ class Attention(nn.Module):
             query_index = ctx.query_index[start:stop]
             if ctx.alibi is not None:
                 scores = scores + self._alibi_bias(ctx, query_index)[..., :n].to(scores.dtype)
-            # Adding a 0 / -inf bias (c x n, broadcast over heads) is several times cheaper than
-            # masked_fill with a broadcast boolean mask.
-            scores = scores.add_(torch.where(visible, 0.0, float("-inf")).to(scores.dtype))
+            # Adding a 0 / -inf bias (broadcast over heads) is several times cheaper than
+            # masked_fill with a broadcast boolean mask. Under a plain causal mask every row sees
+            # every key before the chunk's first query, so only the last c keys need it.
+            first = S - T + start if plain_causal else 0
+            bias = torch.where(visible[..., first:], 0.0, float("-inf")).to(scores.dtype)
+            scores[..., first:].add_(bias)
             if full:
                 scores = self.hook_attn_scores(scores)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -218,6 +240,7 @@ class Attention(nn.Module):
                 )
             z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, D)
             outputs.append(z.view(B, H, c, D))
+            start = stop
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     @staticmethod

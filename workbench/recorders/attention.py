@@ -11,7 +11,7 @@ Statistics (averaged over the batch; position 0 sees one key, so its normalised 
 * ``entropy_norm``: entropy / log(number of visible keys): 1 = uniform, 0 = one-hot.
 * ``max_prob`` and ``argmax``: the largest weight and the key index it sits on.
 * ``sink_mass``: weight on the first visible key (the "attention sink").
-* ``mean_distance``: expected query-key distance in tokens.
+* ``mean_distance``: expected query-key distance ``q - k`` in tokens.
 * ``logit_std``: standard deviation of the pre-softmax logits over visible keys (after the
   model's own scale). With 1/sqrt(d_head) scaling it is O(1) in trained models; without it,
   about sqrt(d_head) times larger.
@@ -43,6 +43,30 @@ class PatternRequest:
     stop: int = 64
 
 
+def row_max(x: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.max(dim=-1)`` (values, first index of the maximum), several times faster on long rows.
+
+    torch's max-with-index over the last axis is not vectorised on CPU while ``amax`` is: take
+    the maximum of each block of ``block`` keys, pick the first block holding the row's maximum,
+    and search only inside it. Exact, ties included.
+    """
+    n = x.shape[-1]
+    whole = n - n % block
+    if whole < 4 * block:
+        return x.max(dim=-1)
+    blocks = x[..., :whole].unflatten(-1, (whole // block, block))  # (..., blocks, block)
+    best_block = blocks.amax(dim=-1).argmax(dim=-1, keepdim=True)  # (..., 1)
+    inside = blocks.gather(-2, best_block[..., None].expand(*best_block.shape, block)).squeeze(-2)
+    values, offset = inside.max(dim=-1)
+    indices = best_block.squeeze(-1) * block + offset
+    if whole < n:
+        tail_values, tail_offset = x[..., whole:].max(dim=-1)
+        later = tail_values > values  # strictly: on a tie the earlier index stays
+        values = torch.where(later, tail_values, values)
+        indices = torch.where(later, tail_offset + whole, indices)
+    return values, indices
+
+
 @torch.no_grad()
 def chunk_statistics(
     probs: torch.Tensor,
@@ -63,21 +87,23 @@ def chunk_statistics(
     B, H, c, S = p.shape
     visible = visible.expand(B, 1, c, S)
     n_visible = visible.sum(-1, dtype=torch.float32)  # (B, 1, c)
-    max_prob, argmax = p.max(dim=-1)
+    max_prob, argmax = row_max(p)
     first_visible = visible.to(torch.uint8).argmax(dim=-1, keepdim=True)  # (B, 1, c, 1)
     sink = p.gather(-1, first_visible.expand(B, H, c, 1)).squeeze(-1)
-    key_index = torch.arange(S, device=p.device, dtype=torch.float32)
-    distance = (query_index.to(p.device, torch.float32)[:, None] - key_index[None, :]).clamp_min_(0)
-    mean_distance = torch.linalg.vecdot(p, distance)  # (c, S) broadcast over B, H
+    # E_p[q - k] = (q - q0) - E_p[k - q0] (p sums to 1): one matrix-vector product. Offsets from
+    # the chunk's first query q0 keep the terms small, so little is lost to rounding.
+    query_index = query_index.to(p.device, torch.float32)
+    key_offset = torch.arange(S, device=p.device, dtype=torch.float32) - query_index[0]
+    mean_distance = (query_index - query_index[0]) - p @ key_offset
     if scores is not None:
         # Shift each row by its top score m = s[argmax p]; hidden keys (-inf) become 0.
         top = scores.gather(-1, argmax[..., None]).float()
         shifted = (scores.float() - top).nan_to_num_(neginf=0.0)  # s - m where visible, else 0
-        # H = -E_p[log p] with log p = (s - m) - (lse - m) and lse - m = -log p_max: a sum of
-        # two non-negative terms, so nothing cancels.
-        entropy = (-torch.log(max_prob) - torch.linalg.vecdot(p, shifted)).clamp_min_(0)
         mean = shifted.sum(-1) / n_visible
-        var = (torch.linalg.vecdot(shifted, shifted) / n_visible - mean.square()).clamp_min_(0)
+        var = (torch.linalg.vector_norm(shifted, dim=-1).square_() / n_visible - mean.square()).clamp_min_(0)
+        # H = -E_p[log p] with log p = (s - m) - (lse - m) and lse - m = -log p_max: a sum of
+        # two non-negative terms, so nothing cancels. (In place: no second [B, H, c, S] buffer.)
+        entropy = (-torch.log(max_prob) - shifted.mul_(p).sum(-1)).clamp_min_(0)
     else:
         entropy = -torch.special.xlogy(p, p).sum(-1)
         hidden = ~visible
@@ -176,7 +202,7 @@ class AttentionRecorder:
         model: Any,
         patterns: list[PatternRequest] | None = None,
         pattern_budget_bytes: int = 32 * 2**20,
-        chunk_bytes: int = 64 * 2**20,
+        chunk_bytes: int = 16 * 2**20,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -184,29 +210,24 @@ class AttentionRecorder:
         self.pattern_budget_bytes = pattern_budget_bytes
         self.chunk_bytes = chunk_bytes
         self.record: AttentionRecord | None = None
-        self._chunk_sizes: list[int] = []  # each module's chunk_size when attached, restored after
         self._start()
 
     def attach(self) -> None:
-        modules = self.model.attention_modules()
-        self._chunk_sizes = [attn.chunk_size for attn in modules]
-        for attn in modules:
+        for attn in self.model.attention_modules():
             attn.observer = self.observe
         self._tokens = 0
 
     def detach(self) -> None:
-        # Only the modules attach() saw (none when it never ran).
-        for attn, chunk_size in zip(self.model.attention_modules(), self._chunk_sizes, strict=False):
-            attn.observer = None
-            attn.chunk_size = chunk_size
+        for attn in self.model.attention_modules():
+            attn.observer, attn.chunk_keys = None, None
 
     def set_sequence(self, batch: int, n_tokens: int, n_keys: int) -> None:
-        """Size the chunks for this forward so temporaries stay under ``chunk_bytes``; a module's
-        own ``chunk_size`` (as it was when attached) is kept as an upper bound."""
-        heads = self.config.n_heads
-        rows = max(8, self.chunk_bytes // max(1, batch * heads * n_keys * 4 * 4))
-        for attn, chunk_size in zip(self.model.attention_modules(), self._chunk_sizes, strict=True):
-            attn.chunk_size = int(max(1, min(n_tokens, rows, chunk_size)))
+        """Size the chunks for this forward so their temporaries (about four tensors of
+        ``[batch, heads, rows, keys]`` fp32) stay under ``chunk_bytes``; a module's own
+        ``chunk_size`` still caps the rows."""
+        keys = max(1, self.chunk_bytes // max(1, batch * self.config.n_heads * 4 * 4))
+        for attn in self.model.attention_modules():
+            attn.chunk_keys = keys
 
     @torch.no_grad()
     def observe(self, chunk: AttentionChunk) -> None:
@@ -262,7 +283,7 @@ class AttentionRecorder:
             return
         self._pattern_bytes += nbytes
         previous = self._patterns.get(key)
-        rows = rows.float().cpu()
+        rows = rows.to("cpu", torch.float32, copy=True)  # a view would keep the whole chunk alive
         self._patterns[key] = rows if previous is None else torch.cat([previous, rows])
         self._pattern_start.setdefault(key, lo)
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from workbench.recorders.attention import _nan_to_none, bucket
+from workbench.recorders.residual import log_normaliser
 
 
 @dataclass
@@ -48,8 +49,9 @@ def chunked_loss(
     targets = tokens.to(hidden.device)
     for start in range(0, T - 1, chunk):
         stop = min(start + chunk, T - 1)
-        logp = torch.log_softmax(unembed(hidden[:, start:stop]).float(), dim=-1)  # (B, c, V)
-        out[:, start:stop] = -logp.gather(-1, targets[:, start + 1 : stop + 1, None]).squeeze(-1).cpu()
+        logits = unembed(hidden[:, start:stop]).float()  # (B, c, V)
+        target = logits.gather(-1, targets[:, start + 1 : stop + 1, None]).squeeze(-1)
+        out[:, start:stop] = (log_normaliser(logits) - target).cpu()
     return out
 
 

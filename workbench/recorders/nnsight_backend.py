@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -57,11 +58,13 @@ from workbench.recorders import Recording
 from workbench.recorders.attention import AttentionRecorder, PatternRequest
 from workbench.recorders.loss import LossRecord, chunked_loss
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
-from workbench.recorders.residual import ResidualRecord, lens_positions, logit_lens, write_stats
+from workbench.recorders.residual import ResidualRecord, logit_lens, write_stats
+from workbench.recorders.residual import lens_positions as pick_lens_positions
 from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
 MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe")
 ROUTER_NAMES = ("gate", "router")
+MAX_CHUNK_ROWS = 256  # as the decoder's Attention.chunk_size
 # Probability on keys the rebuilt mask hides above this means the mask is not the model's.
 MASK_LEAK_TOLERANCE = 1e-4
 
@@ -131,7 +134,8 @@ def _router(layer: nn.Module, mlp: str | None, n_experts: int) -> str | None:
             continue
         named_like = name.split(".")[-1] in ROUTER_NAMES or "router" in _class_name(module)
         weight = getattr(module, "weight", None)
-        if named_like and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts:
+        per_expert = isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts
+        if named_like and per_expert:
             return f"{mlp}.{name}"
     return None
 
@@ -296,12 +300,20 @@ class _Collector:
         B, H, T, S = weights.shape
         visible_all = self.visible(part.window, weights.device)
         query_index = torch.arange(T, device=weights.device)
-        # The same row budget as AttentionRecorder.set_sequence: temporaries under chunk_bytes.
-        rows = int(min(T, max(8, self.chunk_bytes // max(1, B * H * S * 4 * 4))))
-        for start in range(0, T, rows):
-            stop = min(start + rows, T)
-            probs, visible = weights[:, :, start:stop], visible_all[:, :, start:stop]
-            leak = float(probs.float().masked_fill(visible, 0.0).sum(-1).max())
+        padded = self.attention_mask is not None and not bool(self.attention_mask.all())
+        # The decoder's chunking (Attention._explicit with AttentionRecorder.set_sequence): about
+        # chunk_bytes of temporaries, and keys cut after the chunk's last query (causal).
+        keys_budget = max(1, self.chunk_bytes // max(1, B * H * 4 * 4))
+        start = 0
+        while start < T:
+            rows = int((math.sqrt(start * start + 4 * keys_budget) - start) / 2)
+            stop = min(T, start + MAX_CHUNK_ROWS, start + max(1, rows))
+            visible = visible_all[:, :, start:stop]
+            n = stop
+            if n < S and padded and bool(visible[..., n:].any()):
+                n = S  # a padding row that sees every key
+            probs, visible = weights[:, :, start:stop, :n], visible[..., :n]
+            leak = float((1 - (probs.float() * visible).sum(-1)).abs().max())
             if leak > MASK_LEAK_TOLERANCE:
                 raise BackendError(
                     f"layer {part.index}: attention puts {leak:.3g} of its weight on keys the causal"
@@ -310,8 +322,11 @@ class _Collector:
                 )
             # scores=None: chunk_statistics takes the logit spread from log-probabilities.
             self.attention.observe(
-                AttentionChunk(part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale)
+                AttentionChunk(
+                    part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale, S
+                )
             )
+            start = stop
 
     def observe_router(self, part: LayerParts, output: Any) -> None:
         """Router output: transformers 5's ``(logits, scores, indices)`` or bare logits."""
@@ -410,8 +425,8 @@ def record_hf(
     patterns: list[PatternRequest] | None = None,
     pattern_budget_bytes: int = 32 * 2**20,
     lens: bool = True,
-    lens_positions_limit: int = 512,
-    chunk_bytes: int = 64 * 2**20,
+    lens_positions: int = 64,
+    chunk_bytes: int = 16 * 2**20,
 ) -> Recording:
     """Record one forward of a transformers causal LM (or an ``NNsight`` wrapping one).
 
@@ -450,13 +465,16 @@ def record_hf(
             if attention or residual:
                 attn_output = _envoy(layer, part.attention).output
                 if attention:
-                    collector.observe_attention(part, attn_output[1] if isinstance(attn_output, tuple) else None)
+                    weights = attn_output[1] if isinstance(attn_output, tuple) else None
+                    collector.observe_attention(part, weights)
             if routing and part.router is not None:
                 collector.observe_router(part, _envoy(layer, part.router).output)
             if residual:
                 mlp_output = _tensor(_envoy(layer, part.mlp).output) if part.mlp is not None else None
                 resid_post = _tensor(layer.output).save()
-                collector.observe_residual(part, resid_pre, _tensor(attn_output), mlp_output, resid_post, keep_lens)
+                collector.observe_residual(
+                    part, resid_pre, _tensor(attn_output), mlp_output, resid_post, keep_lens
+                )
         if need_final:
             saved_final.append(_tensor(_envoy(traced, layout.final_norm_path).output).save())
     recording = Recording()
@@ -469,7 +487,7 @@ def record_hf(
         record = ResidualRecord(stats=stats, final_norm=final.float().norm(dim=-1).mean(0).cpu())
         if keep_lens:
             final_norm = hf_model.get_submodule(layout.final_norm_path)
-            positions = lens_positions(final.shape[1], lens_positions_limit)
+            positions = pick_lens_positions(final.shape[1], lens_positions)
             record.lens_positions = positions
             record.lens_kl, record.lens_top1 = logit_lens(
                 collector.residuals, final, final_norm, unembed, positions
@@ -482,7 +500,9 @@ def record_hf(
     return recording
 
 
-def attention_weights_bytes(n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, dtype_bytes: int = 4) -> int:
+def attention_weights_bytes(
+    n_layers: int, n_heads: int, n_tokens: int, batch: int = 1, dtype_bytes: int = 4
+) -> int:
     """Bytes that keeping every layer's attention weights (``output_attentions``) holds."""
     return n_layers * n_heads * batch * n_tokens * n_tokens * dtype_bytes
 
