@@ -54,8 +54,8 @@ def main() -> None:
                 theirs(tokens)
             ours_s, theirs_s = [], []
             for _ in range(args.repeats):  # interleaved
-                ours_s.append(timed(lambda: ours(tokens)))
-                theirs_s.append(timed(lambda: theirs(tokens).logits))
+                ours_s.append(timed(lambda t=tokens: ours(t)))
+                theirs_s.append(timed(lambda t=tokens: theirs(t).logits))
             diff = float((ours(tokens) - theirs(tokens).logits).abs().max())
             rows.append((length, min(ours_s), min(theirs_s), min(ours_s) / min(theirs_s), diff))
     lines = [
