@@ -184,3 +184,27 @@ def test_sections_not_run(browser: Any, tmp_path: Path) -> None:
         assert page.locator("#fig-pattern").count() == 0
     finally:
         page.context.close()
+
+
+def test_a_real_pipeline_report_with_a_hostile_prompt(browser: Any, tmp_path: Path) -> None:
+    """End to end: the pipeline on a tiny MoE checkpoint, probed on hostile text, then Chromium."""
+    import torch
+
+    from workbench.checkpoint import save_checkpoint
+    from workbench.config import DecoderConfig
+    from workbench.model import HookedDecoder
+    from workbench.run import RunOptions, run
+
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=48, max_positions=64,
+                           n_experts=4, top_k=2, name="<script>window.__xss=9</script>")
+    folder = save_checkpoint(HookedDecoder(config), tmp_path / "ckpt")
+    prompt = " ".join(HOSTILE_STRINGS)
+    report = run(str(folder), RunOptions(command="diagnose", profile="ci", prompt=prompt))
+    loaded = open_report(browser, report, tmp_path / "report.html")
+    page = loaded.page
+    assert loaded.requests == [] and loaded.console_errors == [] and loaded.page_errors == []
+    assert page.evaluate("window.__xss") is None
+    assert page.evaluate("document.querySelectorAll('.js-plotly-plot').length") >= 8
+    assert "<script>window.__xss=9</script>" in page.text_content("body")
+    loaded.page.context.close()
