@@ -20,7 +20,11 @@ Run by hand, not by pytest:
    whole process during the forward: weights, activations and records.
 
 ``--profile`` prints a torch.profiler table of one recorded forward (the tool used to find where
-recording time went). Appends a section to benchmarks/RESULTS.md unless ``--no-write``.
+recording time went). Appends a section to benchmarks/RESULTS.md unless ``--no-write``;
+``--skip-time`` / ``--skip-memory`` reuse the other part from the previous run (kept in the system
+temp folder), so a part can be measured again alone. Wall time with 2 threads is only meaningful on
+an otherwise idle machine (a thread descheduled by other work stalls every parallel op); process
+CPU time with ``--threads 1`` is the robust figure on a shared one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,10 +51,11 @@ SMOLLM2_LAYERS, SMOLLM2_HEADS = 30, 9
 # --- measuring ------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def peak_rss_bytes() -> int:
@@ -100,19 +106,22 @@ def time_recording(length: int, repeats: int) -> dict:
         "logits": lambda: model(tokens),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
         for fn in variants.values():  # warm-up, discarded
             fn()
         for _ in range(repeats):
             for name, fn in variants.items():
-                seconds[name].append(timed(fn))
+                wall, cpu = timed(fn)
+                seconds[name].append(wall)
+                cpu_seconds[name].append(cpu)
         recording = variants["everything"]()
-    best = {name: min(values) for name, values in seconds.items()}
     return {
         "tokens": length,
         "repeats": repeats,
         "load_average": os.getloadavg(),
-        "seconds": best,
+        "seconds": {name: min(values) for name, values in seconds.items()},
+        "cpu_seconds": {name: min(values) for name, values in cpu_seconds.items()},
         "all_seconds": seconds,
         "loss": recording.loss.mean,
         "threads": torch.get_num_threads(),
@@ -246,20 +255,20 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
         f"transformers {transformers.__version__}.",
     ]
     if timing is not None:
-        s = timing["seconds"]
-        nothing = s["nothing"]
+        wall, cpu = timing["seconds"], timing["cpu_seconds"]
         lines += [
             "",
             f"### Time at {timing['tokens']} tokens (min of {timing['repeats']} interleaved runs, "
-            f"{timing['threads']} threads, one warm-up discarded; load average "
+            f"{timing['threads']} thread(s), one warm-up discarded; load average "
             f"{timing['load_average'][1]:.1f} from other work on the machine)",
             "",
             f"**Recording attention + residual (logit lens at {lens_positions} positions) + routing + loss: "
-            f"{s['everything'] / nothing:.2f}x** the forward with nothing recording (target <= 1.5); "
-            f"recorded loss {timing['loss']:.3f} nats/token.",
+            f"{wall['everything'] / wall['nothing']:.2f}x** the forward with nothing recording in wall time "
+            f"({cpu['everything'] / cpu['nothing']:.2f}x in process CPU time; target <= 1.5). "
+            f"Recorded loss {timing['loss']:.3f} nats/token.",
             "",
-            "| forward (`model.hidden(tokens)` unless named) | ratio to nothing recording | seconds |",
-            "|---|---|---|",
+            "| forward (`model.hidden(tokens)` unless named) | ratio, wall | ratio, CPU | wall s | CPU s |",
+            "|---|---|---|---|---|",
         ]
         names = {
             "nothing": "nothing recording",
@@ -270,10 +279,13 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
             "loss": "loss only (unembeds all T positions)",
             "logits": "`model(tokens)`: full logits, nothing recording",
         }
-        lines += [f"| {label} | **{s[name] / nothing:.2f}** | {s[name]:.2f} |"
-                  for name, label in names.items()]
+        lines += [
+            f"| {label} | **{wall[name] / wall['nothing']:.2f}** | {cpu[name] / cpu['nothing']:.2f} "
+            f"| {wall[name]:.2f} | {cpu[name]:.2f} |"
+            for name, label in names.items()
+        ]
         lines += ["", f"Against `model(tokens)`, which pays the same unembedding the loss needs, recording "
-                      f"everything costs {s['everything'] / s['logits']:.2f}x."]
+                      f"everything costs {wall['everything'] / wall['logits']:.2f}x."]
     if memory:
         n_mem = args.memory_tokens
         lines += [
@@ -344,10 +356,14 @@ def main() -> None:
     if args.profile:
         print(profile_recording(args.tokens))
         return
-    timing = None if args.skip_time else time_recording(args.tokens, args.repeats)
-    if timing is not None:
+    # Each part is kept in a state file, so time and memory can be measured in separate runs
+    # (e.g. time again when the machine is quieter) and still be reported together.
+    state_path = Path(tempfile.gettempdir()) / "workbench_bench_recording.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    timing = state.get("timing") if args.skip_time else time_recording(args.tokens, args.repeats)
+    if not args.skip_time:
         print(json.dumps(timing, indent=1), flush=True)
-    memory = []
+    memory = state.get("memory", []) if args.skip_memory else []
     if not args.skip_memory:
         jobs = [
             ("workbench-plain", args.memory_tokens),
@@ -359,6 +375,7 @@ def main() -> None:
         for kind, length in jobs:
             memory.append(run_child(kind, length, args.cap_gib))
             print(json.dumps(memory[-1]), flush=True)
+    state_path.write_text(json.dumps({"timing": timing, "memory": memory}))
     text = report(timing, memory, args)
     print(text)
     if not args.no_write:
