@@ -363,6 +363,9 @@ def _merge_table(path: Path, table: str, into: dict, values: Any, *, typed: bool
     for key, value in values.items():
         if key not in into:
             raise _unknown(f"key in [{table}]", key, sorted(into), _at(path, table, key))
+        if isinstance(value, dict) and (set(value) - {"value", "source"} or "value" not in value):
+            raise ProfileError(f"{_at(path, table, key)}: [{table}] {key} must be a value or "
+                               "{ value = ..., source = ... }")
         if typed and not _same_kind(_value(into[key]), _value(value)):
             kind = type(_value(into[key])).__name__
             raise ProfileError(f"{_at(path, table, key)}: [{table}] {key} must be a {kind}")
