@@ -80,6 +80,6 @@ def test_a_float_for_an_integer_threshold_is_refused():
     try:
         load_profile(path)
     except ProfileError as error:
-        assert str(error) == f"{path}:2: [thresholds.attention_saturation] skip_positions must be a int"
+        assert str(error) == f"{path}:2: [thresholds.attention_saturation] skip_positions must be an integer"
     else:
         raise AssertionError("accepted")

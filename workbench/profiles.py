@@ -367,8 +367,10 @@ def _merge_table(path: Path, table: str, into: dict, values: Any, *, typed: bool
             raise ProfileError(f"{_at(path, table, key)}: [{table}] {key} must be a value or "
                                "{ value = ..., source = ... }")
         if typed and not _same_kind(_value(into[key]), _value(value)):
+            kinds = {"int": "an integer", "float": "a number", "list": "a list", "str": "a string",
+                     "bool": "true or false"}
             kind = type(_value(into[key])).__name__
-            raise ProfileError(f"{_at(path, table, key)}: [{table}] {key} must be a {kind}")
+            raise ProfileError(f"{_at(path, table, key)}: [{table}] {key} must be {kinds.get(kind, kind)}")
         into[key] = value
 
 
