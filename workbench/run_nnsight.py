@@ -45,7 +45,6 @@ def load_hf_model(source: str, dtype: str, device: str) -> Any:
 
 def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict[str, Any]:
     from workbench import run as pipeline
-    from workbench.analyzers import routing_collapse, saturation
     from workbench.analyzers.nonfinite import scan_weights
     from workbench.recorders import PatternRequest
     from workbench.recorders.nnsight_backend import describe, record_hf
@@ -74,19 +73,9 @@ def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict
     findings: list[Finding] = scan_weights(model) if "nonfinite" in wanted else []
     sections: dict[str, Any] = {name: None for name in ("attention", "residual", "routing", "length", "kv", "timing")}
     labels = token_labels(tokenizer, probe.tokens[0, :48].tolist())
-    if "attention" in wanted:
-        findings += saturation.analyze(recording.attention, profile.thresholds.get(saturation.NAME))
-        if recording.attention is not None:
-            sections["attention"] = {**recording.attention.to_dict(), "probe": probe.name, "token_labels": labels}
-    if "residual" in wanted and recording.residual is not None:
-        sections["residual"] = {**recording.residual.to_dict(), "probe": probe.name}
-        if recording.loss is not None:
-            sections["residual"]["loss"] = recording.loss.to_dict()
-    if "routing" in wanted:
-        findings += routing_collapse.analyze(recording.routing, profile.thresholds.get(routing_collapse.NAME),
-                                             is_moe=recording.routing is not None)
-        if recording.routing is not None:
-            sections["routing"] = recording.routing.to_dict()
+    # the same analyzers and report sections as the native pipeline
+    findings += pipeline._analyze_records(recording, SimpleNamespace(n_experts=layout.n_experts), profile,
+                                          wanted, sections, probe, labels)
     for key, (analyzer, reason) in SKIPPED.items():
         if key in wanted:
             findings.append(Finding(analyzer, "backend", "skip", f"not run on the nnsight backend: {reason}"))
