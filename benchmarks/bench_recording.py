@@ -21,8 +21,8 @@ Run by hand, not by pytest:
 
 ``--profile`` prints a torch.profiler table of one recorded forward (the tool used to find where
 recording time went). Appends a section to benchmarks/RESULTS.md unless ``--no-write``;
-``--skip-time`` / ``--skip-memory`` reuse the other part from the previous run (kept in the system
-temp folder), so a part can be measured again alone. Wall time with 2 threads is only meaningful on
+``--skip-time`` / ``--skip-memory`` reuse the other part from the previous runs (kept in the system
+temp folder, time per thread count), so a part can be measured again alone. Wall time with 2 threads is only meaningful on
 an otherwise idle machine (a thread descheduled by other work stalls every parallel op); process
 CPU time with ``--threads 1`` is the robust figure on a shared one.
 """
@@ -237,7 +237,7 @@ def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) -> str:
+def report(timings: list[dict], memory: list[dict], args: argparse.Namespace) -> str:
     import inspect
 
     import transformers
@@ -254,7 +254,7 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
         f"{platform.processor() or platform.machine()}, shared with other work), torch {torch.__version__}, "
         f"transformers {transformers.__version__}.",
     ]
-    if timing is not None:
+    for timing in timings:
         wall, cpu = timing["seconds"], timing["cpu_seconds"]
         lines += [
             "",
@@ -301,7 +301,10 @@ def report(timing: dict | None, memory: list[dict], args: argparse.Namespace) ->
             held_text = gib(held) if held else "-"
             if m["kind"] in ("hf-output-attentions", "nnsight-save-weights") and not held:
                 held_text = f"would be {gib(attention_bytes(m['tokens']))}"
-            outcome = "ok" if m.get("ok") else f"failed: {m.get('error', '?')}"
+            error = m.get("error", "?")
+            if "allocate memory" in error:
+                error = "out of memory under the cap"
+            outcome = "ok" if m.get("ok") else f"failed: {error}"
             if m["kind"] == "hf-output-attentions" and "layers_done" in m:
                 outcome += f" (after {m['layers_done']} of {SMOLLM2_LAYERS} layers)"
             label = {
@@ -360,9 +363,11 @@ def main() -> None:
     # (e.g. time again when the machine is quieter) and still be reported together.
     state_path = Path(tempfile.gettempdir()) / "workbench_bench_recording.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    timing = state.get("timing") if args.skip_time else time_recording(args.tokens, args.repeats)
+    timings: dict[str, dict] = state.get("timings", {})  # by thread count
     if not args.skip_time:
+        timing = time_recording(args.tokens, args.repeats)
         print(json.dumps(timing, indent=1), flush=True)
+        timings[str(timing["threads"])] = timing
     memory = state.get("memory", []) if args.skip_memory else []
     if not args.skip_memory:
         jobs = [
@@ -375,8 +380,8 @@ def main() -> None:
         for kind, length in jobs:
             memory.append(run_child(kind, length, args.cap_gib))
             print(json.dumps(memory[-1]), flush=True)
-    state_path.write_text(json.dumps({"timing": timing, "memory": memory}))
-    text = report(timing, memory, args)
+    state_path.write_text(json.dumps({"timings": timings, "memory": memory}))
+    text = report([timings[key] for key in sorted(timings, key=int, reverse=True)], memory, args)
     print(text)
     if not args.no_write:
         results = Path(__file__).with_name("RESULTS.md")

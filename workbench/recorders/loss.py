@@ -41,17 +41,24 @@ class LossRecord:
 
 @torch.no_grad()
 def chunked_loss(
-    hidden: torch.Tensor, tokens: torch.Tensor, unembed: torch.nn.Module, chunk: int = 512
+    hidden: torch.Tensor, tokens: torch.Tensor, unembed: torch.nn.Module, chunk: int = 512,
+    slice_rows: int = 16,
 ) -> torch.Tensor:
-    """Next-token loss ``[B, T-1]`` from the final hidden state ``[B, T, d]`` and ``tokens [B, T]``."""
+    """Next-token loss ``[B, T-1]`` from the final hidden state ``[B, T, d]`` and ``tokens [B, T]``.
+
+    Unembedded ``chunk`` positions per matrix product; normalised ``slice_rows`` positions at a
+    time, so those passes read cache rather than memory.
+    """
     B, T, _ = hidden.shape
     out = torch.empty(B, max(T - 1, 0))
     targets = tokens.to(hidden.device)
     for start in range(0, T - 1, chunk):
         stop = min(start + chunk, T - 1)
         logits = unembed(hidden[:, start:stop]).float()  # (B, c, V)
-        target = logits.gather(-1, targets[:, start + 1 : stop + 1, None]).squeeze(-1)
-        out[:, start:stop] = (log_normaliser(logits) - target).cpu()
+        target = logits.gather(-1, targets[:, start + 1 : stop + 1, None]).squeeze(-1)  # (B, c)
+        lse = torch.cat([log_normaliser(logits[:, i : i + slice_rows])
+                         for i in range(0, stop - start, slice_rows)], dim=1)
+        out[:, start:stop] = (lse - target).cpu()
     return out
 
 

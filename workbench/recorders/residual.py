@@ -111,6 +111,7 @@ def logit_lens(
     positions: torch.Tensor,
     chunk: int = 128,
     block_rows: int = 256,
+    slice_rows: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(final || layer) and top-1 agreement, ``[layers, P]``, batch row 0 of each residual.
 
@@ -137,9 +138,14 @@ def logit_lens(
             rows = torch.stack([residuals[layer][0, index.to(residuals[layer].device)].to(device)
                                 for layer in layers])  # (k, c, d)
             logits = unembed(final_norm(rows)).float()  # (k, c, V)
-            layer_term = torch.linalg.vecdot(final_p, logits) - log_normaliser(logits)  # E_f[log p_l]
-            kl[first : first + len(layers), start : start + c] = (final_term - layer_term).cpu()
-            top1[first : first + len(layers), start : start + c] = (row_max(logits)[1] == final_top).cpu()
+            # A few rows at a time, so the passes below read cache rather than memory.
+            for j, layer in enumerate(layers):
+                for i in range(0, c, slice_rows):
+                    part, rows_i = logits[j, i : i + slice_rows], slice(i, i + slice_rows)
+                    layer_term = torch.linalg.vecdot(final_p[rows_i], part) - log_normaliser(part)
+                    at = slice(start + i, start + i + part.shape[0])
+                    kl[layer, at] = (final_term[rows_i] - layer_term).cpu()  # E_f[log p_f] - E_f[log p_l]
+                    top1[layer, at] = (row_max(part)[1] == final_top[rows_i]).cpu()
     return kl, top1
 
 
