@@ -36,8 +36,8 @@ def kv_report(model: str, *, device: str | None = None, context: int | None = No
     from workbench.profiles import get_device, load_profile
 
     config = resolve_config(model)
-    deployment = load_profile(profile).deployment
-    thresholds = load_profile(profile).thresholds.get("kv_memory")
+    loaded = load_profile(profile)
+    deployment, thresholds = loaded.deployment, loaded.thresholds.get("kv_memory")
     target = get_device(device or deployment.device)
     options = dict(
         kv_dtype=kv_dtype if kv_dtype is not None else deployment.kv_dtype,

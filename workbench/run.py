@@ -13,7 +13,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from workbench.findings import Finding, count_by_status, worst_status
-from workbench.report.schema import TIME_FIELDS
+from workbench.report.schema import SECTIONS, TIME_FIELDS
 
 SCHEMA_VERSION = 1
 COMMANDS = {
@@ -34,7 +34,8 @@ COMMANDS = {
     # what `pytest probes/` (and `workbench check`) runs: every analyzer, no profiler trace
     "check": {"attention", "residual", "routing", "loss", "length", "kv", "nonfinite"},
 }
-ANALYZERS = ("attention_saturation", "routing_collapse", "length_extrapolation", "kv_memory", "nonfinite")
+# Full patterns are kept for every head over the first PATTERN_ROWS tokens (the report's viewer).
+PATTERN_ROWS = 48
 # The KV section plots these devices (plus the deployment's) when they are in the catalog.
 KV_DEVICES = ("h100-sxm", "a100-40gb", "l4", "t4", "rtx4090", "cpu")
 
@@ -52,7 +53,6 @@ class RunOptions:
     seed: int | None = None  # None: the profile's
     backend: str = "native"  # "native" (the hooked decoder) or "nnsight" (the transformers model)
     trace_dir: Path | None = None  # where timing writes traces (the report folder copies them)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RunError(ValueError):
@@ -182,7 +182,7 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     tokenizer = load_tokenizer(source)
     probe = _main_probe(options, profile, config, tokenizer, seed)
     findings: list[Finding] = []
-    sections: dict[str, Any] = {name: None for name in ("attention", "residual", "routing", "length", "kv", "timing")}
+    sections: dict[str, Any] = dict.fromkeys(SECTIONS)
 
     if "nonfinite" in wanted:
         from workbench.analyzers.nonfinite import scan_weights
@@ -193,7 +193,7 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
         say(f"recording a {probe.length}-token {probe.kind} probe")
         recording, watch_findings = _record_main(model, probe, wanted)
         findings += watch_findings
-    labels = token_labels(tokenizer, probe.tokens[0, :48].tolist())
+    labels = token_labels(tokenizer, probe.tokens[0, :PATTERN_ROWS].tolist())
     findings += _analyze_records(recording, config, profile, wanted, sections, probe, labels)
 
     if "length" in wanted:
@@ -203,25 +203,10 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     if "timing" in wanted:
         say("profiling the forward")
         sections["timing"] = _timing(model, probe, options)
-    report = {
-        "schema": "transformer-workbench/report",
-        "schema_version": SCHEMA_VERSION,
-        "tool": _versions(),
-        "run": {"id": "", "command": options.command, "created_utc": created.isoformat(timespec="seconds"),
-                "duration_seconds": round(time.perf_counter() - started, 3), "profile": profile.name,
-                "seed": seed, "device": options.device, "dtype": options.dtype, "backend": "native"},
-        "time_fields": list(TIME_FIELDS),
-        "model": {"source": str(source or checkpoint.DEFAULT_MODEL), "name": config.name,
+    model_info = {"source": str(source or checkpoint.DEFAULT_MODEL), "name": config.name,
                   "model_type": config.model_type, "config": config.to_dict(), "n_params": model.n_params(),
-                  "weights_quant": config.weights_quant},
-        "summary": summarize(findings),
-        "findings": [f.to_dict() for f in sort_findings(findings)],
-        "probes": [{"name": probe.name, "kind": probe.kind, "length": probe.length, "seed": probe.seed,
-                    "description": probe.description, "text": options.prompt}],
-        **sections,
-        "artifacts": {"report_json": "report.json", "report_html": "report.html", "trace_dir": None,
-                      "chrome_trace": None},
-    }
+                  "weights_quant": config.weights_quant}
+    report = document(options, profile.name, seed, created, started, model_info, findings, probe, sections)
     if sections["timing"] is not None:
         trace = sections["timing"].get("trace", {})
         report["artifacts"]["trace_dir"] = trace.get("tensorboard_dir")
@@ -229,15 +214,44 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     return report
 
 
+def document(options: RunOptions, profile_name: str, seed: int, created: datetime, started: float,
+             model_info: dict[str, Any], findings: list[Finding], probe: Any,
+             sections: dict[str, Any]) -> dict[str, Any]:
+    """The report document (schema v1) around one run's findings and sections."""
+    return {
+        "schema": "transformer-workbench/report",
+        "schema_version": SCHEMA_VERSION,
+        "tool": _versions(),
+        "run": {"id": "", "command": options.command, "created_utc": created.isoformat(timespec="seconds"),
+                "duration_seconds": round(time.perf_counter() - started, 3), "profile": profile_name,
+                "seed": seed, "device": options.device, "dtype": options.dtype, "backend": options.backend},
+        "time_fields": list(TIME_FIELDS),
+        "model": model_info,
+        "summary": summarize(findings),
+        "findings": [f.to_dict() for f in sort_findings(findings)],
+        "probes": [{"name": probe.name, "kind": probe.kind, "length": probe.length, "seed": probe.seed,
+                    "description": probe.description, "text": options.prompt}],
+        **{name: sections.get(name) for name in SECTIONS},
+        "artifacts": {"report_json": "report.json", "report_html": "report.html", "trace_dir": None,
+                      "chrome_trace": None},
+    }
+
+
+def pattern_requests(n_layers: int, n_heads: int, length: int) -> list[Any]:
+    """Keep every head's full pattern over the first PATTERN_ROWS query rows."""
+    from workbench.recorders import PatternRequest
+
+    rows = min(length, PATTERN_ROWS)
+    return [PatternRequest(layer, head, 0, rows) for layer in range(n_layers) for head in range(n_heads)]
+
+
 def _record_main(model: Any, probe: Any, wanted: set[str]):
     from workbench.analyzers.nonfinite import ActivationWatch
     from workbench.hooks import hooks
-    from workbench.recorders import PatternRequest, record
+    from workbench.recorders import record
 
     config = model.config
-    rows = min(probe.length, 48)
-    patterns = [PatternRequest(layer, head, 0, rows) for layer in range(config.n_layers)
-                for head in range(config.n_heads)]
+    patterns = pattern_requests(config.n_layers, config.n_heads, probe.length)
     watch = ActivationWatch(model) if "nonfinite" in wanted else None
     with torch.no_grad(), record(
         model, attention="attention" in wanted, residual="residual" in wanted,

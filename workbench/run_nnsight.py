@@ -46,7 +46,6 @@ def load_hf_model(source: str, dtype: str, device: str) -> Any:
 def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict[str, Any]:
     from workbench import run as pipeline
     from workbench.analyzers.nonfinite import scan_weights
-    from workbench.recorders import PatternRequest
     from workbench.recorders.nnsight_backend import describe, record_hf
     from workbench.tokenizer import load_tokenizer, token_labels
 
@@ -61,9 +60,7 @@ def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict
     )
     tokenizer = load_tokenizer(source)
     probe = pipeline._main_probe(options, profile, shape, tokenizer, seed)
-    n_layers, n_heads = layout.n_layers, layout.n_heads
-    rows = min(probe.length, 48)
-    patterns = [PatternRequest(layer, head, 0, rows) for layer in range(n_layers) for head in range(n_heads)]
+    patterns = pipeline.pattern_requests(layout.n_layers, layout.n_heads, probe.length)
     wanted = pipeline.COMMANDS[options.command]
     say(f"recording a {probe.length}-token {probe.kind} probe through nnsight")
     with torch.no_grad():
@@ -71,8 +68,8 @@ def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict
                               residual="residual" in wanted, routing="routing" in wanted,
                               loss="loss" in wanted, patterns=patterns)
     findings: list[Finding] = scan_weights(model) if "nonfinite" in wanted else []
-    sections: dict[str, Any] = {name: None for name in ("attention", "residual", "routing", "length", "kv", "timing")}
-    labels = token_labels(tokenizer, probe.tokens[0, :48].tolist())
+    sections: dict[str, Any] = dict.fromkeys(pipeline.SECTIONS)
+    labels = token_labels(tokenizer, probe.tokens[0, : pipeline.PATTERN_ROWS].tolist())
     # the same analyzers and report sections as the native pipeline
     findings += pipeline._analyze_records(recording, SimpleNamespace(n_experts=layout.n_experts), profile,
                                           wanted, sections, probe, labels)
@@ -80,22 +77,7 @@ def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict
         if key in wanted:
             findings.append(Finding(analyzer, "backend", "skip", f"not run on the nnsight backend: {reason}"))
     model_type = str(getattr(hf_config, "model_type", "unknown"))
-    return {
-        "schema": "transformer-workbench/report",
-        "schema_version": pipeline.SCHEMA_VERSION,
-        "tool": pipeline._versions(),
-        "run": {"id": "", "command": options.command, "created_utc": created.isoformat(timespec="seconds"),
-                "duration_seconds": round(time.perf_counter() - started, 3), "profile": profile.name,
-                "seed": seed, "device": options.device, "dtype": options.dtype, "backend": "nnsight"},
-        "time_fields": list(pipeline.TIME_FIELDS),
-        "model": {"source": str(source), "name": str(getattr(hf_config, "_name_or_path", "") or model_type),
+    model_info = {"source": str(source), "name": str(getattr(hf_config, "_name_or_path", "") or model_type),
                   "model_type": model_type, "config": hf_config.to_diff_dict(),
-                  "n_params": sum(p.numel() for p in model.parameters()), "weights_quant": None},
-        "summary": pipeline.summarize(findings),
-        "findings": [f.to_dict() for f in pipeline.sort_findings(findings)],
-        "probes": [{"name": probe.name, "kind": probe.kind, "length": probe.length, "seed": probe.seed,
-                    "description": probe.description, "text": options.prompt}],
-        **sections,
-        "artifacts": {"report_json": "report.json", "report_html": "report.html", "trace_dir": None,
-                      "chrome_trace": None},
-    }
+                  "n_params": sum(p.numel() for p in model.parameters()), "weights_quant": None}
+    return pipeline.document(options, profile.name, seed, created, started, model_info, findings, probe, sections)

@@ -68,13 +68,8 @@ def head_metrics(record: AttentionRecord, onehot_prob: float, skip: int) -> dict
     s = slice(skip, None)
     max_prob, sink = record.stats["max_prob"][:, :, s], record.stats["sink_mass"][:, :, s]
     content_onehot = (max_prob > onehot_prob) & (sink < max_prob)  # the top key is not the sink
-    return {
-        "entropy_norm": torch.nanmean(record.stats["entropy_norm"][:, :, s], dim=-1),
-        "max_prob": torch.nanmean(record.stats["max_prob"][:, :, s], dim=-1),
-        "sink_mass": torch.nanmean(record.stats["sink_mass"][:, :, s], dim=-1),
-        "logit_std": torch.nanmean(record.stats["logit_std"][:, :, s], dim=-1),
-        "onehot_fraction": content_onehot.float().mean(dim=-1),
-    }
+    means = {stat: record.head_summary(stat, skip) for stat in ("entropy_norm", "max_prob", "sink_mass", "logit_std")}
+    return {**means, "onehot_fraction": content_onehot.float().mean(dim=-1)}
 
 
 def analyze(record: AttentionRecord | None, thresholds: dict[str, Any] | None = None) -> list[Finding]:
