@@ -418,7 +418,7 @@ def _fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, opti
             largest = f"{result.max_context:,} tokens"
             fixes.append(f"at batch {result.batch} the largest context that fits is {largest}")
         if result.max_batch:
-            largest = f"{result.max_batch}"
+            largest = f"{result.max_batch:,}"
             fixes.append(f"at context {result.context:,} the largest batch that fits is {largest}")
         if storage_bytes(256, result.kv_dtype) > 256:
             fp8 = plan(config, device, **{**options, "kv_dtype": "fp8"})
@@ -494,7 +494,7 @@ def analyze(
         ),
         Finding(
             analyzer=ANALYZER, check="max_batch", status="info",
-            message=f"at context {context:,}, up to {result.max_batch} sequences fit",
+            message=f"at context {context:,}, up to {result.max_batch:,} sequences fit",
             metric="max_batch", value=float(result.max_batch), threshold=float(batch),
         ),
         Finding(
