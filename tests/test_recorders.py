@@ -24,7 +24,7 @@ import workbench
 from workbench.hooks import attached_hook_count
 from workbench.recorders import PatternRequest, record
 from workbench.recorders.attention import STATS as ATTENTION_STATS
-from workbench.recorders.attention import row_max
+from workbench.recorders.attention import chunk_statistics, row_max
 from workbench.recorders.loss import chunked_loss
 
 T = SEQ_LEN
@@ -74,15 +74,19 @@ def _visible(tokens_mask: torch.Tensor | None, batch: int, window: int | None) -
     return visible | ~visible.any(-1, keepdim=True)
 
 
-def _reference_statistics(probs: torch.Tensor, scores: torch.Tensor, visible: torch.Tensor) -> dict:
-    """Per ``[H, T]`` (batch nan-mean) statistics of full ``[B, H, T, T]`` attention, in float64."""
+def _reference_statistics(
+    probs: torch.Tensor, scores: torch.Tensor, visible: torch.Tensor, query_index: torch.Tensor | None = None
+) -> dict:
+    """Per ``[H, T]`` (batch nan-mean) statistics of full ``[B, H, T, T]`` attention (or of the
+    rows ``query_index`` of it), in float64."""
     p, s = probs.double(), scores.double()
     visible = visible.expand_as(p)
     n_visible = visible.sum(-1).double()
     entropy = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
     max_prob, argmax = p.max(-1)
     first = visible.double().argmax(-1, keepdim=True)
-    query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    query = (torch.arange(T) if query_index is None else query_index)[:, None]
+    key = torch.arange(p.shape[-1])[None, :]
     distance = (query - key).double()  # signed: a padding row that sees every key looks ahead
     s_visible = torch.where(visible, s, torch.zeros_like(s))
     mean = s_visible.sum(-1, keepdim=True) / n_visible[..., None]
@@ -203,6 +207,10 @@ def test_loss_equals_cross_entropy_of_the_full_logits(tiny_decoder) -> None:
     torch.testing.assert_close(recording.loss.by_position, expected.mean(0), **TIGHT)
     hidden = model.hidden(tokens)
     torch.testing.assert_close(chunked_loss(hidden, tokens, model.unembed, chunk=4), expected, **TIGHT)
+    # model(tokens) hands the recorder its logits; model.hidden(tokens) makes it unembed: same loss.
+    with record(model, loss=True) as via_hidden:
+        model.hidden(tokens)
+    torch.testing.assert_close(via_hidden.loss.loss, recording.loss.loss, **TIGHT)
 
 
 @torch.no_grad()
@@ -278,6 +286,12 @@ def test_logit_lens(tiny_decoder) -> None:
     torch.testing.assert_close(subsampled.residual.lens_kl, residual.lens_kl[:, positions], **TIGHT)
     assert torch.equal(subsampled.residual.lens_top1, residual.lens_top1[:, positions])
 
+    # model(tokens): the final distribution comes from the model's own logits, no second decode.
+    with record(model, residual=True, lens_positions=5) as from_logits:
+        model(tokens)
+    torch.testing.assert_close(from_logits.residual.lens_kl, subsampled.residual.lens_kl, rtol=0, atol=1e-6)
+    assert torch.equal(from_logits.residual.lens_top1, subsampled.residual.lens_top1)
+
 
 def _assert_detached(model, chunk_size: int = 256) -> None:
     assert attached_hook_count(model) == 0
@@ -319,7 +333,31 @@ def test_recording_is_json_serialisable(tiny_decoder) -> None:
 
 
 
-@pytest.mark.parametrize("n", [5, 255, 256, 300, 1024])
+@torch.no_grad()
+@pytest.mark.parametrize("writable", [False, True])
+def test_chunk_statistics_of_a_long_causal_chunk(writable) -> None:
+    """Rows 560-599 of a 600-key causal pattern with logits of mean 25 and std 3 (a real model's
+    scale or beyond), reduced as the explicit path hands them over: ``shared`` keys before the
+    chunk need no mask, ``writable`` scores are shifted in place. Reference: float64, from the
+    same fp32 scores. Tolerance: the spread is E[(s-m)^2] - E[s-m]^2 in fp32, relative error
+    about 1e-7 (1 + z^2) with z (the top score's z-score) about 4 here, so ``rtol=1e-5``; entropy
+    (a few nats) is ``-log p_max - E_p[s - m]``, both terms computed to about 1e-6: ``atol=1e-5``."""
+    generator = torch.Generator().manual_seed(7)
+    S, start, c, H = 600, 560, 40, 3
+    query = torch.arange(start, start + c)
+    visible = (torch.arange(S)[None, :] <= query[:, None])[None, None]  # (1, 1, c, S)
+    scores = (torch.randn(1, H, c, S, generator=generator) * 3 + 25).masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    expected = _reference_statistics(probs, scores, visible, query_index=query)
+    given = scores.clone()
+    stats = chunk_statistics(probs, visible, query, given, shared=start, writable=writable)
+    assert torch.equal(given, scores) != writable  # shifted in place only when allowed
+    for stat in ATTENTION_STATS:
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if stat in ("entropy", "entropy_norm") else TIGHT
+        torch.testing.assert_close(stats[stat][0], expected[stat], **tolerance, msg=lambda m, s=stat: f"{s}: {m}")
+
+
+@pytest.mark.parametrize("n", [5, 255, 256, 300, 1024, 2100])
 def test_row_max_equals_max(n) -> None:
     generator = torch.Generator().manual_seed(n)
     x = torch.softmax(torch.randn(2, 3, 7, n, generator=generator), dim=-1)

@@ -43,6 +43,8 @@ class AttentionChunk:
     query_index: torch.Tensor  # (c,) absolute index of each query (cache offset included)
     scale: float  # the multiplier that was applied to q.k
     n_keys: int = 0  # S, all keys of this forward (cached + new); 0 when unknown (= n)
+    shared: int = 0  # keys [0, shared) are visible to every row (0 when unknown)
+    writable: bool = False  # scores are the path's own temporaries: the observer may overwrite them
 
 
 AttentionObserver = Callable[[AttentionChunk], None]
@@ -235,9 +237,9 @@ class Attention(nn.Module):
             if full:
                 probs = self.hook_pattern(probs)
             if self.observer is not None:
-                self.observer(
-                    AttentionChunk(self.layer, start, scores, probs, visible, query_index, self.scale, S)
-                )
+                # Unless a hook saw the scores (and may hold them), they are dead after this.
+                self.observer(AttentionChunk(self.layer, start, scores, probs, visible, query_index,
+                                             self.scale, S, shared=first, writable=not full))
             z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, D)
             outputs.append(z.view(B, H, c, D))
             start = stop

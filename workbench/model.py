@@ -96,6 +96,7 @@ class HookedDecoder(nn.Module):
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_final = HookPoint()  # [batch, pos, d_model] after ln_final
+        self.hook_logits = HookPoint()  # [batch, pos, vocab]: model(...) only, hidden() stops before
         self.hook_dict = name_hook_points(self)
 
     def reset_buffers(self) -> None:
@@ -128,7 +129,7 @@ class HookedDecoder(nn.Module):
         cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.unembed(self.hidden(input_ids, attention_mask, cache, position_ids))
+        return self.hook_logits(self.unembed(self.hidden(input_ids, attention_mask, cache, position_ids)))
 
     def hidden(
         self,

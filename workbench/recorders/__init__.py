@@ -63,9 +63,16 @@ def record(
     patterns: list[PatternRequest] | None = None,
     pattern_budget_bytes: int = 32 * 2**20,
     lens: bool = True,
-    lens_positions: int = 64,
+    lens_positions: int = 32,
 ) -> Iterator[Recording]:
-    """Record the forward(s) run inside the block; see the module docstring."""
+    """Record the forward(s) run inside the block; see the module docstring.
+
+    ``patterns``: the (layer, head, query range) whose full attention pattern to keep, within
+    ``pattern_budget_bytes``. ``lens``/``lens_positions``: the logit lens and at how many evenly
+    spaced positions to decode every layer. The loss and the lens read the model's own logits
+    when the block calls ``model(tokens)``; after ``model.hidden(tokens)`` (long inputs) they
+    unembed what they need in chunks.
+    """
     from workbench.hooks import hooks
 
     recording = Recording()

@@ -1,8 +1,10 @@
 """Loss recorder: next-token cross-entropy at every position, computed in chunks.
 
-The logits of a long input are T x vocab x 4 bytes (1.6 GB for SmolLM2 at 8192 tokens), so the
-loss is computed from the final hidden state ``chunk`` positions at a time and the logits are
-never held whole. ``loss[b, t]`` is -log p(token[t + 1] | tokens[: t + 1]), in nats.
+When the forward computes the logits anyway (``model(tokens)``), the loss is read from them as they
+pass ``hook_logits``: no second unembedding. After ``model.hidden(tokens)`` (what long inputs use:
+their logits are T x vocab x 4 bytes, 1.6 GB for SmolLM2 at 8192 tokens) it is computed from the
+final hidden state ``chunk`` positions at a time and the logits are never held whole.
+``loss[b, t]`` is -log p(token[t + 1] | tokens[: t + 1]), in nats.
 """
 
 from __future__ import annotations
@@ -40,49 +42,63 @@ class LossRecord:
 
 
 @torch.no_grad()
+def logits_loss(logits: torch.Tensor, tokens: torch.Tensor, slice_rows: int = 16) -> torch.Tensor:
+    """Next-token loss ``[B, c]`` of logits ``[B, c, V]`` whose targets are ``tokens [B, c]``.
+
+    Normalised ``slice_rows`` positions at a time, so each pass reads cache rather than memory.
+    """
+    target = logits.gather(-1, tokens.to(logits.device)[..., None]).squeeze(-1).float()  # (B, c)
+    lse = torch.cat([log_normaliser(logits[:, i : i + slice_rows].float())
+                     for i in range(0, logits.shape[1], slice_rows)], dim=1)
+    return (lse - target).cpu()
+
+
+@torch.no_grad()
 def chunked_loss(
     hidden: torch.Tensor, tokens: torch.Tensor, unembed: torch.nn.Module, chunk: int = 512,
     slice_rows: int = 16,
 ) -> torch.Tensor:
     """Next-token loss ``[B, T-1]`` from the final hidden state ``[B, T, d]`` and ``tokens [B, T]``.
 
-    Unembedded ``chunk`` positions per matrix product; normalised ``slice_rows`` positions at a
-    time, so those passes read cache rather than memory.
+    Unembedded ``chunk`` positions per matrix product (see :func:`logits_loss`).
     """
     B, T, _ = hidden.shape
     out = torch.empty(B, max(T - 1, 0))
-    targets = tokens.to(hidden.device)
     for start in range(0, T - 1, chunk):
         stop = min(start + chunk, T - 1)
         logits = unembed(hidden[:, start:stop]).float()  # (B, c, V)
-        target = logits.gather(-1, targets[:, start + 1 : stop + 1, None]).squeeze(-1)  # (B, c)
-        lse = torch.cat([log_normaliser(logits[:, i : i + slice_rows])
-                         for i in range(0, stop - start, slice_rows)], dim=1)
-        out[:, start:stop] = (lse - target).cpu()
+        out[:, start:stop] = logits_loss(logits, tokens[:, start + 1 : stop + 1], slice_rows)
     return out
 
 
 class LossRecorder:
-    """Captures the tokens and the final hidden state; computes the loss after the forward."""
+    """Reads the loss off the logits when the forward makes them; otherwise keeps the final
+    hidden state and unembeds it in chunks after the forward."""
 
     def __init__(self, model: Any, chunk: int = 512) -> None:
         self.model = model
         self.chunk = chunk
         self._tokens: torch.Tensor | None = None
         self._hidden: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [("hook_tokens", self._capture_tokens), ("hook_final", self._capture_hidden)]
+        return [("hook_tokens", self._capture_tokens), ("hook_final", self._capture_hidden),
+                ("hook_logits", self._capture_logits)]
 
     def _capture_tokens(self, tokens: torch.Tensor, point: Any) -> None:
         self._tokens = tokens.detach()
 
     def _capture_hidden(self, hidden: torch.Tensor, point: Any) -> None:
-        self._hidden = hidden.detach()
+        self._hidden, self._loss = hidden.detach(), None
+
+    def _capture_logits(self, logits: torch.Tensor, point: Any) -> None:
+        if self._tokens is not None:
+            self._loss = logits_loss(logits.detach()[:, :-1], self._tokens[:, 1:])
+            self._hidden = None
 
     def finish(self) -> LossRecord | None:
-        if self._hidden is None or self._tokens is None:
-            return None
-        loss = chunked_loss(self._hidden, self._tokens, self.model.unembed, self.chunk)
+        if self._loss is None and self._hidden is not None and self._tokens is not None:
+            self._loss = chunked_loss(self._hidden, self._tokens, self.model.unembed, self.chunk)
         self._hidden = None
-        return LossRecord(loss)
+        return LossRecord(self._loss) if self._loss is not None else None

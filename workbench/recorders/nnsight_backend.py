@@ -425,7 +425,7 @@ def record_hf(
     patterns: list[PatternRequest] | None = None,
     pattern_budget_bytes: int = 32 * 2**20,
     lens: bool = True,
-    lens_positions: int = 64,
+    lens_positions: int = 32,
     chunk_bytes: int = 16 * 2**20,
 ) -> Recording:
     """Record one forward of a transformers causal LM (or an ``NNsight`` wrapping one).
@@ -489,9 +489,9 @@ def record_hf(
             final_norm = hf_model.get_submodule(layout.final_norm_path)
             positions = pick_lens_positions(final.shape[1], lens_positions)
             record.lens_positions = positions
-            record.lens_kl, record.lens_top1 = logit_lens(
-                collector.residuals, final, final_norm, unembed, positions
-            )
+            index = positions.to(final.device)
+            rows = torch.stack([resid[0, index.to(resid.device)].to(final.device) for resid in collector.residuals])
+            record.lens_kl, record.lens_top1 = logit_lens(rows, final[0, index], final_norm, unembed)
         recording.residual = record
     if routing:
         recording.routing = RoutingRecord({k: v for k, v in collector.routing.items() if v.load is not None})
