@@ -1,7 +1,8 @@
 """The hooked decoder: one pre-norm decoder-only transformer for every supported family.
 
 Shapes: B batch, T tokens, d d_model, V vocab. The residual stream flows
-``hook_embed (+ hook_pos_embed) -> blocks[l] -> ln_final -> unembed``; each block is
+``hook_embed (+ hook_pos_embed) -> blocks[l] -> ln_final (hook_final) -> unembed (hook_logits,
+``model(...)`` only)``; each block is
 ``resid_pre -> +attn(ln1) -> resid_mid -> +mlp(ln2) -> resid_post``. Hook point names follow
 TransformerLens (see ``model.hook_dict`` for the full list).
 """
