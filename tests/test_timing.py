@@ -314,3 +314,26 @@ def test_dense_flops_close_to_two_params_per_token():
     smallest_matrix = 2 * tokens * TINY.d_model * TINY.kv_heads * TINY.d_head
     assert smallest_matrix / count.total > 0.02  # the tolerance is finer than one matrix
     assert json.loads(json.dumps(count.to_dict()))["total"] == count.total
+
+
+def test_profiler_noise_kept_out_of_stderr_and_the_rest_kept(tmp_path):
+    """Kineto prints "USDT: ... profiler_start/stop" on fd 2; the user's terminal should not see
+    them, while anything else written to stderr during profiling still arrives."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from workbench.recorders.timing import quiet_kineto\n"
+        "with quiet_kineto():\n"
+        "    with torch.profiler.profile():\n"
+        "        torch.ones(4) @ torch.ones(4)\n"
+        "    print('a warning written inside', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    bare = subprocess.run([sys.executable, "-c", script.replace("with quiet_kineto():", "if True:")],
+                          capture_output=True, text=True, check=True)
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "profiler_start" in bare.stderr  # the noise exists without the filter (else: nothing to test)
+    assert "USDT" not in quiet.stderr
+    assert quiet.stderr.splitlines() == ["a warning written inside", "after"]

@@ -27,9 +27,12 @@ carries device time from the kernels themselves.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -137,6 +140,40 @@ def _sync(device: torch.device) -> None:
 def range_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The modules that get a profiler range: ``blocks.{l}`` and its attn, mlp, mlp.router."""
     return {name: module for name, module in model.named_modules() if _RANGE_PATTERN.match(name)}
+
+
+KINETO_NOISE = re.compile(r"^USDT:\S+ \S+ \d+:\d+ \w+\.cpp:\d+\] profiler_(start|stop)\s*$")
+
+
+@contextmanager
+def quiet_kineto() -> Iterator[None]:
+    """Keep the profiler's native "USDT: ... profiler_start/stop" lines out of the terminal.
+
+    Kineto writes them to the process's stderr (file descriptor 2), below Python; while the
+    block runs, fd 2 goes to a temporary file, and everything in it but those lines is written
+    back to stderr afterwards, so no warning or error is lost.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured, notebook)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not KINETO_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @contextmanager
@@ -302,7 +339,7 @@ def profile_forward(
             captured["tensorboard_traces"] = written
 
     profiled_seconds = []
-    with profiler_ranges(model) as names:
+    with profiler_ranges(model) as names, quiet_kineto():
         with profile(
             activities=activities,
             schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
