@@ -36,16 +36,14 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from measure import cap_address_space, gib, measured, run_child
 
-GIB = 2**30
 SMOLLM2_LAYERS, SMOLLM2_HEADS = 30, 9
 
 
@@ -57,20 +55,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - start, time.process_time() - start_cpu
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM) since start or the last :func:`reset_peak_rss`."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux: writing 5 to clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
 
 
 def natural_tokens(model, length: int) -> torch.Tensor:
@@ -171,74 +155,54 @@ def child(kind: str, length: int) -> dict:
     else:
         model = _hf_smollm2("eager")
         tokens = natural_tokens(workbench.load_model("smollm2"), length)  # then dropped
-    result["load_peak_bytes"] = peak_rss_bytes()
-    reset_peak_rss()
-    start = time.perf_counter()
-    with torch.no_grad():
-        try:
-            if kind == "workbench-plain":
+
+    @torch.no_grad()
+    def run() -> None:
+        if kind == "workbench-plain":
+            model.hidden(tokens)
+        elif kind == "workbench-attention":
+            with workbench.record(model, attention=True) as recording:
                 model.hidden(tokens)
-            elif kind == "workbench-attention":
-                with workbench.record(model, attention=True) as recording:
-                    model.hidden(tokens)
-                stats = recording.attention.entropy_norm
-                result["record_shape"] = list(stats.shape)
-                result["entropy_norm_mean"] = float(torch.nanmean(stats))
-            elif kind == "hf-output-attentions":
-                layers_done = []
-                handles = [layer.register_forward_hook(lambda *a, i=i: layers_done.append(i))
-                           for i, layer in enumerate(model.model.layers)]
-                try:
-                    output = model(tokens, output_attentions=True, use_cache=False, logits_to_keep=1)
-                    result["held_bytes"] = sum(a.numel() * a.element_size() for a in output.attentions)
-                finally:
-                    result["layers_done"] = len(layers_done)
-                    for handle in handles:
-                        handle.remove()
-            elif kind == "nnsight-save-weights":
-                from nnsight import NNsight
+            stats = recording.attention.entropy_norm
+            result["record_shape"] = list(stats.shape)
+            result["entropy_norm_mean"] = float(torch.nanmean(stats))
+        elif kind == "hf-output-attentions":
+            layers_done = []
+            handles = [layer.register_forward_hook(lambda *a, i=i: layers_done.append(i))
+                       for i, layer in enumerate(model.model.layers)]
+            try:
+                output = model(tokens, output_attentions=True, use_cache=False, logits_to_keep=1)
+                result["held_bytes"] = sum(a.numel() * a.element_size() for a in output.attentions)
+            finally:
+                result["layers_done"] = len(layers_done)
+                for handle in handles:
+                    handle.remove()
+        elif kind == "nnsight-save-weights":
+            from nnsight import NNsight
 
-                traced = NNsight(model)
-                saved: list[torch.Tensor] = []
-                with traced.trace(tokens, use_cache=False, logits_to_keep=1):
-                    for layer in traced.model.layers:
-                        saved.append(layer.self_attn.output[1].save())
-                result["held_bytes"] = sum(w.numel() * w.element_size() for w in saved)
-            elif kind == "nnsight-backend":
-                from workbench.recorders.nnsight_backend import record_hf
+            traced = NNsight(model)
+            saved: list[torch.Tensor] = []
+            with traced.trace(tokens, use_cache=False, logits_to_keep=1):
+                for layer in traced.model.layers:
+                    saved.append(layer.self_attn.output[1].save())
+            result["held_bytes"] = sum(w.numel() * w.element_size() for w in saved)
+        elif kind == "nnsight-backend":
+            from workbench.recorders.nnsight_backend import record_hf
 
-                recording = record_hf(model, tokens, residual=False, routing=False, loss=False)
-                result["record_shape"] = list(recording.attention.entropy_norm.shape)
-            else:
-                raise ValueError(f"unknown child kind {kind!r}")
-            result["ok"] = True
-        except (RuntimeError, MemoryError) as error:  # the allocator refusing under the cap
-            result["ok"] = False
-            result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
-    result["seconds"] = time.perf_counter() - start
-    result["peak_bytes"] = peak_rss_bytes()
-    return result
+            recording = record_hf(model, tokens, residual=False, routing=False, loss=False)
+            result["record_shape"] = list(recording.attention.entropy_norm.shape)
+        else:
+            raise ValueError(f"unknown child kind {kind!r}")
+
+    return measured(result, run)
 
 
-def run_child(kind: str, length: int, cap_gib: float) -> dict:
-    """Run :func:`child` in a fresh interpreter under an address-space cap of ``cap_gib``."""
-    command = [sys.executable, __file__, "--child", kind, "--tokens", str(length), "--cap-gib", str(cap_gib)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"kind": kind, "tokens": length, "ok": False,
-                "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
-    result = json.loads(lines[-1])
+def run_memory_job(kind: str, length: int, cap_gib: float) -> dict:
+    """:func:`child` in a fresh interpreter under an address-space cap of ``cap_gib``."""
+    result = run_child(__file__, kind, length, cap_gib)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     result["children_max_rss_bytes"] = children  # the largest child so far (a cross-check)
     return result
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 def report(timings: list[dict], memory: list[dict], args: argparse.Namespace) -> str:
@@ -360,8 +324,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        cap = int(args.cap_gib * GIB)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        cap_address_space(args.cap_gib)
         print(json.dumps(child(args.child, args.tokens)), flush=True)
         return
     if args.profile:
@@ -386,7 +349,7 @@ def main() -> None:
             ("nnsight-backend", args.nnsight_tokens),
         ]
         for kind, length in jobs:
-            memory.append(run_child(kind, length, args.cap_gib))
+            memory.append(run_memory_job(kind, length, args.cap_gib))
             print(json.dumps(memory[-1]), flush=True)
     state_path.write_text(json.dumps({"timings": timings, "memory": memory}))
     text = report([timings[key] for key in sorted(timings, key=int, reverse=True)], memory, args)

@@ -32,15 +32,12 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
-import subprocess
-import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-GIB = 2**30
+from measure import cap_address_space, gib, measured, run_child
+
 LAYERS, HEADS, VOCAB = 30, 9, 49152
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECK_TOKENS = 16
@@ -50,19 +47,6 @@ LABELS = {
     "tl-plain": "TransformerLens forward, nothing cached",
     "tl-cache-patterns": "TransformerLens `run_with_cache`, every layer's `hook_pattern`",
 }
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM) since start or the last :func:`reset_peak_rss`."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux: writing 5 to clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def pattern_bytes(length: int) -> int:
@@ -118,46 +102,24 @@ def child(kind: str, length: int) -> dict[str, Any]:
     blocks_run: list[int] = []
     for block in bridge.blocks:
         block.register_forward_hook(lambda *_: blocks_run.append(1))
-    result["load_peak_bytes"] = peak_rss_bytes()
-    reset_peak_rss()
-    start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            if kind == "tl-plain":
-                bridge(tokens)
-            elif kind == "tl-cache-patterns":
-                _, cache = bridge.run_with_cache(
-                    tokens, names_filter=lambda name: name.endswith("attn.hook_pattern")
-                )
-                result["patterns_cached"] = len(cache)
-                result["held_bytes"] = sum(t.numel() * t.element_size() for t in cache.values())
-            else:
-                raise ValueError(f"unknown child kind {kind!r}")
-        result["ok"] = True
-    except (RuntimeError, MemoryError) as error:  # the allocator refusing under the cap
-        result["ok"] = False
-        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
-    result["seconds"] = time.perf_counter() - start
-    result["peak_bytes"] = peak_rss_bytes()
+
+    @torch.no_grad()
+    def run() -> None:
+        if kind == "tl-plain":
+            bridge(tokens)
+        elif kind == "tl-cache-patterns":
+            _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
+            result["patterns_cached"] = len(cache)
+            result["held_bytes"] = sum(t.numel() * t.element_size() for t in cache.values())
+        else:
+            raise ValueError(f"unknown child kind {kind!r}")
+
+    measured(result, run)
     result["blocks_done"] = len(blocks_run)
     return result
 
 
 # --- parent: one child per job, then the table ----------------------------------------------
-
-
-def run_child(kind: str, length: int, cap_gib: float) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", kind, "--tokens", str(length), "--cap-gib", str(cap_gib)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"kind": kind, "tokens": length, "ok": False, "error": f"exit {done.returncode}: {last[:160]}"}
-    return json.loads(lines[-1])
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
 
 
 def report(results: list[dict[str, Any]], cap_gib: float, versions: dict[str, str]) -> str:
@@ -212,14 +174,13 @@ def main() -> None:
 
     if args.child:
         os.environ["HF_HUB_OFFLINE"] = "1"  # everything is local; never reach for a hub
-        cap = int(args.cap_gib * GIB)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        cap_address_space(args.cap_gib)
         print(json.dumps(child(args.child, args.tokens[0])), flush=True)
         return
     jobs = [("check", CHECK_TOKENS)] + [(kind, n) for n in args.tokens for kind in LABELS]
     results = []
     for kind, length in jobs:  # one at a time: each child has the machine's memory to itself
-        results.append(run_child(kind, length, args.cap_gib))
+        results.append(run_child(__file__, kind, length, args.cap_gib))
         print(json.dumps(results[-1]), flush=True)
     versions = {name: version(name) for name in ("torch", "transformers", "transformer-lens")}
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
