@@ -143,7 +143,7 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
     if quiet:
         out.print(f"{status} {folder}", highlight=False, markup=False, soft_wrap=True)
     else:
-        render(report, out)
+        render(report, out, folder=folder)
         out.print(Text.assemble("report: ", (str(folder / "report.html"), "bold")), highlight=False,
                   soft_wrap=True)
     raise typer.Exit(1 if status == "fail" else 0)

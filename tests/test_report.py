@@ -21,7 +21,7 @@ from workbench.report import writer
 from workbench.report.figures import kv_figures, length_figures, moving_average, pattern_figures
 from workbench.report.html import plotly_js, render_html, script_json
 from workbench.report.schema import SECTIONS, TIME_FIELDS, strip_time_fields, validate
-from workbench.report.terminal import findings_table, render, summary_panel
+from workbench.report.terminal import findings_table, render, summary_panel, timing_block
 from workbench.report.writer import ReportError, dumps, slug, to_jsonable, write_report
 
 
@@ -381,3 +381,23 @@ def test_summary_panel_and_render(report: dict) -> None:
     render(report, console)
     output = console.export_text()
     assert "5 passing checks not shown" in output and "logit_scale" not in output
+
+
+def test_timing_block_says_where_the_time_goes(report: dict, tmp_path) -> None:
+    timing = report["timing"]
+    text = _text(timing_block(timing, tmp_path))
+    totals = timing["components"]["totals"]
+    mlp_share = f"({totals['mlp_us'] / totals['forward_us']:.0%})"
+    assert "for 1 x 512 tokens on cpu (median of 3 runs)" in text
+    assert "MLP " in text and mlp_share in text  # the share of the forward, from the totals
+    heaviest = text[text.index("top ops (CPU)"):]
+    assert heaviest.index("aten::mm") < heaviest.index("aten::bmm") < heaviest.index("aten::_softmax")
+    assert "aten::copy_" not in text  # the top 5 only
+    assert str(tmp_path / "trace/smoke/trace.json") in text
+    console = Console(width=160, record=True, color_system=None)
+    render(report, console, folder=tmp_path)
+    assert "top ops (CPU)" in console.export_text()
+    report["timing"] = None
+    console = Console(width=160, record=True, color_system=None)
+    render(report, console)
+    assert "top ops" not in console.export_text()

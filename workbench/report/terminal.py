@@ -8,6 +8,7 @@ in :class:`rich.text.Text`, which rich never parses.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -16,7 +17,15 @@ from rich.table import Table
 from rich.text import Text
 
 from workbench.findings import STATUS_ORDER
-from workbench.report.format import format_number, sorted_findings, value_text, where_text
+from workbench.report.format import (
+    format_number,
+    format_seconds,
+    format_si,
+    format_us,
+    sorted_findings,
+    value_text,
+    where_text,
+)
 from workbench.report.schema import SECTIONS
 
 STATUS_STYLES = {"pass": "green", "info": "blue", "skip": "dim", "warn": "yellow", "fail": "bold red"}
@@ -77,7 +86,8 @@ def summary_panel(report: dict[str, Any]) -> Panel:
             lines.append(f"{count} ", style="bold")
             lines.append_text(status_text(status, upper=False))
             lines.append("  ")
-    lines.append("\n")
+    if summary["analyzers"]:
+        lines.append("\n")
     for name, status in sorted(summary["analyzers"].items()):
         lines.append(f"{name} ")
         lines.append_text(status_text(status, upper=False))
@@ -144,10 +154,61 @@ def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", 
     return Group(*lines)
 
 
-def render(report: dict[str, Any], console: Console, show_pass: bool = False, limit: int | None = 40) -> None:
-    """Print the summary panel, the fail/warn findings one block each, and one line per group of
-    info/skip (and, with ``show_pass``, pass) findings."""
+def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 5) -> Table:
+    """What ``workbench profile`` measured: the forward's time and FLOP rate, where the time goes
+    (attention, MLP, router), the heaviest ops, and where the traces are."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    runs = timing.get("wall_seconds_runs") or []
+    forward = Text.assemble(
+        (format_seconds(timing["wall_seconds"]), "bold"),
+        f" for {timing['batch']} x {timing['seq_len']:,} tokens on {timing['device']}"
+        f" (median of {len(runs)} run{'s' if len(runs) != 1 else ''})",
+    )
+    if timing.get("flops"):
+        forward.append(f" \u00b7 {format_si(timing['flops'], 'FLOP')}")
+    if timing.get("achieved_flops_per_second"):
+        forward.append(f" \u00b7 {format_si(timing['achieved_flops_per_second'], 'FLOP/s')}")
+    if timing.get("fraction_of_peak"):
+        forward.append(f" ({timing['fraction_of_peak']:.0%} of the device's peak)")
+    table.add_row("forward", forward)
+    totals = (timing.get("components") or {}).get("totals") or {}
+    whole = totals.get("forward_us") or 0
+
+    def share(us: float) -> str:
+        return format_us(us) + (f" ({us / whole:.0%})" if whole else "")
+
+    parts = [("attention", "attn_us"), ("MLP", "mlp_us"), ("router", "router_us"),
+             ("other in blocks", "other_us"), ("outside blocks", "outside_blocks_us")]
+    shares = [f"{label} {share(totals[key])}" for label, key in parts if totals.get(key)]
+    if shares:
+        table.add_row("where", Text(" \u00b7 ".join(shares)))
+    ops = timing.get("top_ops") or []
+    if ops:
+        device = any(op.get("self_cuda_us") for op in ops)
+        key = "self_cuda_us" if device else "self_cpu_us"
+        heaviest = sorted(ops, key=lambda op: op.get(key) or 0, reverse=True)[:top]
+        table.add_row(f"top ops ({'CUDA' if device else 'CPU'})",
+                      Text(" \u00b7 ".join(f"{op['name']} {share(op[key])}" for op in heaviest)))
+    trace = timing.get("trace") or {}
+    if trace.get("chrome_trace"):
+        base = folder if folder is not None else Path()
+        table.add_row("trace", Text(f"{base / trace['chrome_trace']} (ui.perfetto.dev, chrome://tracing); "
+                                    f"TensorBoard: tensorboard --logdir {(base / trace['tensorboard_dir']).parent}"))
+    return table
+
+
+def render(
+    report: dict[str, Any], console: Console, show_pass: bool = False, limit: int | None = 40,
+    folder: Path | None = None,
+) -> None:
+    """Print the summary panel, the timing (when profiled), the fail/warn findings one block
+    each, and one line per group of info/skip (and, with ``show_pass``, pass) findings.
+    ``folder``: the report's folder, to print where its traces are."""
     console.print(summary_panel(report))
+    if report.get("timing"):
+        console.print(timing_block(report["timing"], folder))
     console.print(findings_blocks(report, limit=limit))
     console.print(grouped_counts(report, ("info", "skip", "pass") if show_pass else ("info", "skip")))
     passed = report["summary"]["counts"].get("pass", 0)
