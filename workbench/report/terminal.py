@@ -154,7 +154,7 @@ def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", 
     return Group(*lines)
 
 
-def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 5) -> Table:
+def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 5) -> Group:
     """What ``workbench profile`` measured: the forward's time and FLOP rate, where the time goes
     (attention, MLP, router), the heaviest ops, and where the traces are."""
     table = Table.grid(padding=(0, 2))
@@ -196,21 +196,21 @@ def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 
         base = folder if folder is not None else Path()
         table.add_row("trace", Text(f"{base / trace['chrome_trace']} (ui.perfetto.dev, chrome://tracing); "
                                     f"TensorBoard: tensorboard --logdir {(base / trace['tensorboard_dir']).parent}"))
-    return table
+    return Group(Text("Timing", style="bold"), table)
 
 
 def render(
     report: dict[str, Any], console: Console, show_pass: bool = False, limit: int | None = 40,
     folder: Path | None = None,
 ) -> None:
-    """Print the summary panel, the timing (when profiled), the fail/warn findings one block
-    each, and one line per group of info/skip (and, with ``show_pass``, pass) findings.
+    """Print the summary panel, the fail/warn findings one block each, one line per group of
+    info/skip (and, with ``show_pass``, pass) findings, and the timing when the run profiled.
     ``folder``: the report's folder, to print where its traces are."""
     console.print(summary_panel(report))
-    if report.get("timing"):
-        console.print(timing_block(report["timing"], folder))
     console.print(findings_blocks(report, limit=limit))
     console.print(grouped_counts(report, ("info", "skip", "pass") if show_pass else ("info", "skip")))
     passed = report["summary"]["counts"].get("pass", 0)
     if not show_pass and passed:
         console.print(Text(f"{passed} passing check{'s' if passed != 1 else ''} not shown", style="dim"))
+    if report.get("timing"):
+        console.print(timing_block(report["timing"], folder))
