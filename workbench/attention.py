@@ -48,6 +48,14 @@ class AttentionChunk:
 
 
 AttentionObserver = Callable[[AttentionChunk], None]
+CHUNK_ROWS = 256  # the explicit path's default cap on query rows per chunk
+
+
+def chunk_rows(keys_before: int, chunk_keys: int) -> int:
+    """The most query rows ``r`` with ``r x (keys_before + r) <= chunk_keys`` (at least 1): a chunk
+    of causal rows after ``keys_before`` keys holds about ``chunk_keys`` scores per head, so early
+    rows, which see few keys, come in larger chunks."""
+    return max(1, int((math.sqrt(keys_before * keys_before + 4 * chunk_keys) - keys_before) / 2))
 
 
 class KVCache:
@@ -147,7 +155,7 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.observer: AttentionObserver | None = None
-        self.chunk_size = 256  # at most this many query rows per chunk
+        self.chunk_size = CHUNK_ROWS  # at most this many query rows per chunk
         self.chunk_keys: int | None = None  # and at most about this many rows x keys, when set
         self.force_explicit = False
 
@@ -211,10 +219,7 @@ class Attention(nn.Module):
         while start < T:
             rows = max_rows
             if self.chunk_keys is not None and not full:
-                # Early rows see few keys (causal), so they come in larger chunks: the most rows
-                # r with r x (keys before the chunk + r) <= chunk_keys scores per head.
-                before = S - T + start
-                rows = min(rows, max(1, int((math.sqrt(before * before + 4 * self.chunk_keys) - before) / 2)))
+                rows = min(rows, chunk_rows(S - T + start, self.chunk_keys))
             stop = min(start + rows, T)
             c = stop - start
             visible = visible_all[:, :, start:stop]

@@ -138,6 +138,12 @@ def chunk_statistics(
     }
 
 
+def chunk_keys(chunk_bytes: int, batch: int, heads: int) -> int:
+    """Scores per head in a chunk whose temporaries (about four fp32 tensors of
+    ``[batch, heads, rows, keys]``) stay under ``chunk_bytes``."""
+    return max(1, chunk_bytes // max(1, batch * heads * 4 * 4))
+
+
 @dataclass
 class AttentionRecord:
     """Attention statistics: each of :data:`STATS` is a float32 tensor ``[layers, heads, T]``."""
@@ -239,7 +245,7 @@ class AttentionRecorder:
         """Size the chunks for this forward so their temporaries (about four tensors of
         ``[batch, heads, rows, keys]`` fp32) stay under ``chunk_bytes``; a module's own
         ``chunk_size`` still caps the rows."""
-        keys = max(1, self.chunk_bytes // max(1, batch * self.config.n_heads * 4 * 4))
+        keys = chunk_keys(self.chunk_bytes, batch, self.config.n_heads)
         for attn in self.model.attention_modules():
             attn.chunk_keys = keys
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -53,9 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.attention import AttentionChunk, ForwardContext
+from workbench.attention import CHUNK_ROWS, AttentionChunk, ForwardContext, chunk_rows
 from workbench.recorders import Recording
-from workbench.recorders.attention import AttentionRecorder, PatternRequest
+from workbench.recorders.attention import AttentionRecorder, PatternRequest, chunk_keys
 from workbench.recorders.loss import LossRecord, chunked_loss
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 from workbench.recorders.residual import ResidualRecord, logit_lens, write_stats
@@ -64,7 +63,6 @@ from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
 MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe")
 ROUTER_NAMES = ("gate", "router")
-MAX_CHUNK_ROWS = 256  # as the decoder's Attention.chunk_size
 # Probability on keys the rebuilt mask hides above this means the mask is not the model's.
 MASK_LEAK_TOLERANCE = 1e-4
 
@@ -303,11 +301,10 @@ class _Collector:
         padded = self.attention_mask is not None and not bool(self.attention_mask.all())
         # The decoder's chunking (Attention._explicit with AttentionRecorder.set_sequence): about
         # chunk_bytes of temporaries, and keys cut after the chunk's last query (causal).
-        keys_budget = max(1, self.chunk_bytes // max(1, B * H * 4 * 4))
+        keys_budget = chunk_keys(self.chunk_bytes, B, H)
         start = 0
         while start < T:
-            rows = int((math.sqrt(start * start + 4 * keys_budget) - start) / 2)
-            stop = min(T, start + MAX_CHUNK_ROWS, start + max(1, rows))
+            stop = min(T, start + CHUNK_ROWS, start + chunk_rows(start, keys_budget))
             visible = visible_all[:, :, start:stop]
             n = stop
             if n < S and padded and bool(visible[..., n:].any()):
