@@ -172,6 +172,7 @@ class ResidualRecorder:
         self._residuals: list[torch.Tensor] = []
         self._final: torch.Tensor | None = None
         self._final_logits: torch.Tensor | None = None
+        self._lens_index: torch.Tensor | None = None  # this forward's lens positions
 
     def hooks(self) -> list[tuple[str, Any]]:
         fwd = []
@@ -185,8 +186,10 @@ class ResidualRecorder:
 
     def _capture(self, layer: int, name: str):
         def hook(tensor: torch.Tensor, point: Any) -> None:
-            if layer == 0 and name == "hook_resid_pre":
+            if layer == 0 and name == "hook_resid_pre":  # a new forward
                 self._reset()
+                if self.lens:
+                    self._lens_index = lens_positions(tensor.shape[1], self.lens_limit).to(tensor.device)
             current = self._current.setdefault(layer, {})
             current[name] = tensor.detach()
             if name == "hook_mlp_out":
@@ -196,8 +199,7 @@ class ResidualRecorder:
                 )
             if name == "hook_resid_post":
                 if self.lens:  # only the lens positions of batch row 0: a few rows, not [B, T, d]
-                    index = lens_positions(tensor.shape[1], self.lens_limit).to(tensor.device)
-                    self._residuals.append(tensor.detach()[0, index])
+                    self._residuals.append(tensor.detach()[0, self._lens_index.to(tensor.device)])
                 del self._current[layer]
 
         return hook
@@ -206,8 +208,8 @@ class ResidualRecorder:
         self._final, self._final_logits = tensor.detach(), None
 
     def _capture_logits(self, logits: torch.Tensor, point: Any) -> None:
-        index = lens_positions(logits.shape[1], self.lens_limit).to(logits.device)
-        self._final_logits = logits.detach()[0, index].clone()  # (P, V): the rows the lens needs
+        if self._lens_index is not None:  # (P, V): the rows the lens needs
+            self._final_logits = logits.detach()[0, self._lens_index.to(logits.device)].clone()
 
     def finish(self) -> ResidualRecord | None:
         if not self._stats:
@@ -216,7 +218,7 @@ class ResidualRecorder:
         final = self._final
         record = ResidualRecord(stats=stats, final_norm=final.float().norm(dim=-1).mean(0).cpu())
         if self.lens and self._residuals and final is not None:
-            positions = lens_positions(final.shape[1], self.lens_limit)
+            positions = self._lens_index.cpu()
             record.lens_positions = positions
             record.lens_kl, record.lens_top1 = logit_lens(
                 torch.stack(self._residuals), final[0, positions.to(final.device)],
