@@ -1,4 +1,4 @@
-"""The ``workbench`` command: a thin typer app over :mod:`workbench.run`.
+"""The ``workbench`` command: a thin typer app over :mod:`workbench.pipeline.run`.
 
 This is the only module that talks to the terminal. Heavy imports (torch, transformers) happen
 inside commands, so ``workbench --help`` answers at once.
@@ -71,11 +71,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from workbench.analyzers.kv_memory import PlanError
-    from workbench.checkpoint import CheckpointError
     from workbench.config import ConfigError
+    from workbench.errors import CheckpointError
     from workbench.inputs import InputError
-    from workbench.profiles import ProfileError
-    from workbench.run import RunError
+    from workbench.pipeline.run import RunError
+    from workbench.settings import ProfileError
 
     return (CheckpointError, ConfigError, InputError, ProfileError, RunError, PlanError, BadInput)
 
@@ -107,7 +107,7 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
     try:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from workbench import run as pipeline
+        from workbench.pipeline import run as pipeline
         from workbench.report.terminal import render
 
         user_errors = _user_errors()
@@ -195,7 +195,7 @@ def kv(
 ) -> None:
     """Plan KV-cache memory without loading weights: does (batch, context) fit on a device?"""
     try:
-        from workbench.kv_command import kv_report
+        from workbench.pipeline.kv import kv_report
 
         result = kv_report(model, device=device, context=context, batch=batch, tp=tp, kv_dtype=kv_dtype,
                            utilization=utilization, block_size=block_size, weights_dtype=weights_dtype,
@@ -306,7 +306,7 @@ def devices() -> None:
     """List the device catalog used by `workbench kv` and the KV analyzer."""
     from rich.table import Table
 
-    from workbench.profiles import get_device, list_devices
+    from workbench.settings import get_device, list_devices
 
     table = Table("device", "memory", "bandwidth", "peak bf16", "source", title="Device catalog")
     for name in list_devices():
@@ -323,7 +323,7 @@ def devices() -> None:
 @app.command()
 def profiles() -> None:
     """List the run profiles and the architecture profiles that ship with the workbench."""
-    from workbench.profiles import get_architecture_profile, list_architectures, list_profiles, load_profile
+    from workbench.settings import get_architecture_profile, list_architectures, list_profiles, load_profile
 
     out.print("[bold]Run profiles[/] (--profile NAME):")
     for name in list_profiles():

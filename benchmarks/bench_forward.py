@@ -38,7 +38,7 @@ def main() -> None:
     import transformers
 
     import workbench
-    from workbench.checkpoint import smollm2_path
+    from workbench.loading.sources import smollm2_path
 
     path = smollm2_path()
     ours = workbench.load_model("smollm2")

@@ -59,7 +59,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
 
 def natural_tokens(model, length: int) -> torch.Tensor:
     from workbench.inputs import natural_text_tokens
-    from workbench.tokenizer import load_tokenizer
+    from workbench.loading.tokenizer import load_tokenizer
 
     return natural_text_tokens(load_tokenizer("smollm2"), length, vocab_size=model.config.vocab_size)
 
@@ -136,7 +136,7 @@ def profile_recording(length: int) -> str:
 def _hf_smollm2(attn_implementation: str):
     import transformers
 
-    from workbench.checkpoint import smollm2_path
+    from workbench.loading.sources import smollm2_path
 
     path = smollm2_path()
     return transformers.AutoModelForCausalLM.from_pretrained(
@@ -187,7 +187,7 @@ def child(kind: str, length: int) -> dict:
                     saved.append(layer.self_attn.output[1].save())
             result["held_bytes"] = sum(w.numel() * w.element_size() for w in saved)
         elif kind == "nnsight-backend":
-            from workbench.recorders.nnsight_backend import record_hf
+            from workbench.backends.nnsight import record_hf
 
             recording = record_hf(model, tokens, residual=False, routing=False, loss=False)
             result["record_shape"] = list(recording.attention.entropy_norm.shape)
@@ -301,7 +301,7 @@ def report(timings: list[dict], memory: list[dict], args: argparse.Namespace) ->
 
 
 def attention_bytes(length: int) -> int:
-    from workbench.recorders.nnsight_backend import attention_weights_bytes
+    from workbench.backends.nnsight import attention_weights_bytes
 
     return attention_weights_bytes(SMOLLM2_LAYERS, SMOLLM2_HEADS, length)
 

@@ -25,8 +25,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def diagnosis(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The report document of one `check` run on --checkpoint."""
-    from workbench.checkpoint import CheckpointError
-    from workbench.run import RunError, RunOptions, run
+    from workbench.errors import CheckpointError
+    from workbench.pipeline.run import RunError, RunOptions, run
 
     options = RunOptions(command="check", profile=request.config.getoption("--profile"),
                          device=request.config.getoption("--probe-device"))

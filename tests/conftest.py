@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from workbench.config import DecoderConfig, RopeScaling
-from workbench.model import HookedDecoder
+from workbench.model.decoder import HookedDecoder
 
 VOCAB = 96
 SEQ_LEN = 12
@@ -344,7 +344,7 @@ def smollm2() -> SmolLM2Pair:
     import transformers
 
     import workbench
-    from workbench.checkpoint import smollm2_path
+    from workbench.loading.sources import smollm2_path
 
     path = smollm2_path()
     reference = transformers.AutoModelForCausalLM.from_pretrained(

@@ -1,6 +1,6 @@
 """A realistic report document built from synthetic data, for the report tests.
 
-:func:`sample_report` returns what ``workbench.run`` would write for a Mixtral-8x7B-shaped model
+:func:`sample_report` returns what ``workbench.pipeline.run`` would write for a Mixtral-8x7B-shaped model
 (the architecture profile's real config): every section filled with seeded, plausible numbers
 shaped as the recorders' ``to_dict()`` output, findings built as :class:`~workbench.findings.Finding`
 objects, and the KV section computed by the real planner over catalog devices. ``hostile=True``
@@ -17,10 +17,10 @@ from typing import Any
 
 from workbench.analyzers import kv_memory
 from workbench.findings import Finding, Where, count_by_status, worst_status
-from workbench.profiles import get_architecture, get_device
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 from workbench.report.schema import TIME_FIELDS
+from workbench.settings import get_architecture, get_device
 
 HOSTILE_STRINGS = (
     '<img src=x onerror="window.__xss=1">',

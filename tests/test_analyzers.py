@@ -11,9 +11,9 @@ import torch
 
 from workbench.analyzers import length_extrapolation, nonfinite, routing_collapse, saturation
 from workbench.config import DecoderConfig
-from workbench.model import HookedDecoder
+from workbench.measurements.length import LengthProbe, LengthRecord
+from workbench.model.decoder import HookedDecoder
 from workbench.recorders.attention import STATS, AttentionRecord
-from workbench.recorders.length import LengthProbe, LengthRecord
 from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
 L, H, T = 3, 4, 64
@@ -203,7 +203,7 @@ def test_nonfinite_activations_name_the_first_sublayer():
 
 
 def test_default_profile_carries_every_analyzer_threshold_with_its_source():
-    from workbench.profiles import load_profile
+    from workbench.settings import load_profile
 
     profile = load_profile("default")
     for module in (saturation, routing_collapse, length_extrapolation):

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import workbench
-from workbench.checkpoint import CheckpointError
 from workbench.config import RopeScaling
-from workbench.gguf_file import SUPPORTED_TYPES
+from workbench.errors import CheckpointError
+from workbench.loading.gguf import SUPPORTED_TYPES
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from workbench.checkpoint import save_checkpoint
 from workbench.config import DecoderConfig
-from workbench.model import HookedDecoder
+from workbench.loading.native import save_checkpoint
+from workbench.model.decoder import HookedDecoder
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -255,7 +255,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny, hf_tiny, tm
 
 
 def test_pickle_payload_never_runs_even_through_the_library(hf_tiny, tmp_path):
-    from workbench.checkpoint import CheckpointError, load_model
+    from workbench.errors import CheckpointError
+    from workbench.loading.checkpoint import load_model
 
     folder = tmp_path / "evil"
     folder.mkdir()

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.checkpoint import CheckpointError
 from workbench.config import ConfigError, DecoderConfig, RopeScaling
-from workbench.families import config_from_hf
+from workbench.errors import CheckpointError
+from workbench.loading.families import config_from_hf
 
 BASE = dict(vocab_size=100, d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=128, max_positions=256)
 

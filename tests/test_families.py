@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import workbench
-from workbench import families
-from workbench.checkpoint import CheckpointError
 from workbench.config import RopeScaling
+from workbench.errors import CheckpointError
+from workbench.loading import families
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from workbench.analyzers import kv_memory as kv
 from workbench.config import DecoderConfig
-from workbench.profiles import get_architecture, get_device, load_profile
+from workbench.settings import get_architecture, get_device, load_profile
 
 GIB = 2**30
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from workbench.analyzers.kv_memory import kv_bytes_per_token, kv_cache_bytes
-from workbench.attention import KVCache
 from workbench.config import DecoderConfig
-from workbench.model import HookedDecoder
+from workbench.model.decoder import HookedDecoder
+from workbench.model.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("dtype,name", [(torch.float32, "fp32"), (torch.bfloat16, "bf16")])

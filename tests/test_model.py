@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import workbench
-from workbench.attention import AttentionChunk
-from workbench.hooks import attached_hook_count
+from workbench.model.context import AttentionChunk
+from workbench.model.hooks import attached_hook_count
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -129,7 +129,7 @@ def fired_counts(model, selector, *args, **kwargs) -> dict[str, int]:
     def count(tensor, hook):
         counts[hook.name] = counts.get(hook.name, 0) + 1
 
-    with workbench.hooks(model, [(selector, count)]), torch.no_grad():
+    with workbench.model.hooks(model, [(selector, count)]), torch.no_grad():
         model(*args, **kwargs)
     return counts
 
@@ -194,7 +194,7 @@ def test_moe_routing_hooks(tiny_decoder) -> None:
     def keep(tensor, hook):
         captured[hook.name] = tensor.clone()
 
-    with workbench.hooks(
+    with workbench.model.hooks(
         model, [(lambda n: n.endswith(("hook_router_logits", "hook_expert_indices")), keep)]
     ):
         model(tokens)
@@ -217,7 +217,7 @@ def test_zero_ablating_a_head_equals_zeroing_its_output_weights(tiny_decoder) ->
 
     with torch.no_grad():
         clean = model(tokens)
-        with workbench.hooks(model, [("blocks.1.attn.hook_z", ablate)]):
+        with workbench.model.hooks(model, [("blocks.1.attn.hook_z", ablate)]):
             ablated = model(tokens)
         surgery = copy.deepcopy(model)
         surgery.blocks[1].attn.o.weight[:, head * d_head : (head + 1) * d_head] = 0
@@ -237,7 +237,7 @@ def test_passive_hooks_change_nothing(returns: str, tiny_decoder) -> None:
     with torch.no_grad():
         clean = model(tokens)
         # Every point except pattern/scores, which would switch to the explicit path.
-        with workbench.hooks(
+        with workbench.model.hooks(
             model, [(lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")), passive)]
         ):
             hooked = model(tokens)
@@ -251,7 +251,7 @@ def test_hooks_are_removed_when_the_forward_raises(tiny_decoder) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        with workbench.hooks(
+        with workbench.model.hooks(
             model, [("blocks.0.hook_resid_pre", lambda t, h: None), ("blocks.1.attn.hook_pattern", explode)]
         ):
             assert attached_hook_count(model) == 2
@@ -259,7 +259,7 @@ def test_hooks_are_removed_when_the_forward_raises(tiny_decoder) -> None:
     assert attached_hook_count(model) == 0
     # An unknown name after a valid one: the valid one is detached again.
     with pytest.raises(KeyError, match="no hook point"):
-        with workbench.hooks(
+        with workbench.model.hooks(
             model, [("blocks.0.hook_resid_pre", lambda t, h: None), ("blocks.0.nope", explode)]
         ):
             pass
@@ -273,7 +273,7 @@ def test_pattern_rows_sum_to_one_and_are_causal(name: str, tiny_decoder, make_ba
     model = tiny_decoder(name)
     input_ids, mask, position_ids = make_batch(model.config.vocab_size)
     patterns = {}
-    with workbench.hooks(
+    with workbench.model.hooks(
         model, [(lambda n: n.endswith("hook_pattern"), lambda t, h: patterns.update({h.name: t}))]
     ):
         with torch.no_grad():
@@ -304,7 +304,7 @@ def test_nnsight_reads_the_same_activations(tiny_decoder) -> None:
     model = tiny_decoder("llama")
     tokens = torch.randint(0, model.config.vocab_size, (2, 8))
     captured = {}
-    with workbench.hooks(
+    with workbench.model.hooks(
         model, [(lambda n: n.endswith("hook_resid_post"), lambda t, h: captured.update({h.name: t}))]
     ):
         with torch.no_grad():
@@ -328,7 +328,7 @@ def test_nnsight_ablation_equals_workbench_hook_ablation(tiny_decoder) -> None:
     tokens = torch.randint(0, model.config.vocab_size, (2, 8))
     with torch.no_grad():
         clean = model(tokens)
-        with workbench.hooks(model, [("blocks.0.hook_mlp_out", lambda t, h: torch.zeros_like(t))]):
+        with workbench.model.hooks(model, [("blocks.0.hook_mlp_out", lambda t, h: torch.zeros_like(t))]):
             hooked = model(tokens)
     traced = NNsight(model)
     with traced.trace(tokens):
@@ -358,7 +358,7 @@ def test_device_map_offloads_to_disk(name: str, tiny_decoder, tmp_path) -> None:
     outputs = {}
     for label, model in (("normal", normal), ("offloaded", offloaded)):
         store = captured[label]
-        with workbench.hooks(
+        with workbench.model.hooks(
             model, [(selector, lambda t, h, store=store: store.update({h.name: t.clone()}))]
         ):
             with torch.no_grad():

@@ -24,10 +24,10 @@ import transformers
 from conftest import VOCAB, FamilyCase
 
 import workbench
-from workbench.hooks import attached_hook_count
+from workbench.backends.nnsight import BackendError, describe, record_hf
+from workbench.model.hooks import attached_hook_count
 from workbench.recorders import nnsight_backend
 from workbench.recorders.attention import STATS as ATTENTION_STATS
-from workbench.recorders.nnsight_backend import BackendError, describe, record_hf
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 
 T = 12

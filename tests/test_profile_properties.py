@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.profiles import ProfileError, load_profile
+from workbench.settings import ProfileError, load_profile
 
 DEFAULT = load_profile("default")
 NUMERIC = [(analyzer, key) for analyzer, table in DEFAULT.thresholds.items() for key, value in table.items()

@@ -1,4 +1,4 @@
-"""Tests of workbench.profiles: the device catalog, architecture profiles, run-profile merging,
+"""Tests of workbench.settings: the device catalog, architecture profiles, run-profile merging,
 and the errors (file:line for bad TOML, the key and file for unknown keys, closest names)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from workbench.config import DecoderConfig
-from workbench.profiles import (
+from workbench.settings import (
     ProfileError,
     get_architecture,
     get_architecture_profile,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import SEQ_LEN, VOCAB
 
 import workbench
-from workbench.hooks import attached_hook_count
+from workbench.model.hooks import attached_hook_count
 from workbench.recorders import PatternRequest, record
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.attention import chunk_statistics, row_max

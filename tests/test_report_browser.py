@@ -190,10 +190,10 @@ def test_a_real_pipeline_report_with_a_hostile_prompt(browser: Any, tmp_path: Pa
     """End to end: the pipeline on a tiny MoE checkpoint, probed on hostile text, then Chromium."""
     import torch
 
-    from workbench.checkpoint import save_checkpoint
     from workbench.config import DecoderConfig
-    from workbench.model import HookedDecoder
-    from workbench.run import RunOptions, run
+    from workbench.loading.native import save_checkpoint
+    from workbench.model.decoder import HookedDecoder
+    from workbench.pipeline.run import RunOptions, run
 
     torch.manual_seed(0)
     config = DecoderConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=48, max_positions=64,

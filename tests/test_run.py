@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.checkpoint import save_checkpoint
 from workbench.config import DecoderConfig
-from workbench.model import HookedDecoder
+from workbench.loading.native import save_checkpoint
+from workbench.model.decoder import HookedDecoder
+from workbench.pipeline.run import RunError, RunOptions, run, write
 from workbench.report.schema import strip_time_fields, validate
-from workbench.run import RunError, RunOptions, run, write
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_sigterm_is_treated_like_an_interrupt(tmp_path):
 
 
 def test_cuda_out_of_memory_becomes_a_run_error_with_the_largest_length(tiny, monkeypatch):
-    import workbench.run as pipeline
+    import workbench.pipeline.run as pipeline
 
     def explode(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.run import RunOptions, run
+from workbench.pipeline.run import RunOptions, run
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests of workbench.recorders.timing and workbench.flops.
+"""Tests of workbench.measurements.timing and workbench.measurements.flops.
 
 Timing: on tiny random decoders (dense GQA and MoE), profiling leaves logits bit-identical and no
 hooks behind, the chrome trace holds the per-block and per-sublayer ranges, the tensorboard run
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workbench.config import DecoderConfig
-from workbench.flops import forward_flops, visible_pairs
-from workbench.hooks import attached_hook_count, hooks
-from workbench.model import HookedDecoder
-from workbench.recorders.timing import FORWARD_RANGE, TimingRecord, profile_forward, profiler_ranges
+from workbench.measurements.flops import forward_flops, visible_pairs
+from workbench.measurements.timing import FORWARD_RANGE, TimingRecord, profile_forward, profiler_ranges
+from workbench.model.decoder import HookedDecoder
+from workbench.model.hooks import attached_hook_count, hooks
 
 TINY = DecoderConfig(
     vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
@@ -324,7 +324,7 @@ def test_profiler_noise_kept_out_of_stderr_and_the_rest_kept(tmp_path):
 
     script = (
         "import sys, torch\n"
-        "from workbench.recorders.timing import quiet_kineto\n"
+        "from workbench.measurements.timing import quiet_kineto\n"
         "with quiet_kineto():\n"
         "    with torch.profiler.profile():\n"
         "        torch.ones(4) @ torch.ones(4)\n"

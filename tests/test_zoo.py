@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 import workbench
 from workbench import inputs, zoo
-from workbench.hooks import attached_hook_count, hooks
-from workbench.model import HookedDecoder
+from workbench.model.decoder import HookedDecoder
+from workbench.model.hooks import attached_hook_count, hooks
 
 CONTEXT = zoo.TRAINED_CONTEXT
 PROBE_BLOCK = 32  # the longest block the members were trained on

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from workbench import zoo
-from workbench.run import RunOptions, run
+from workbench.pipeline.run import RunOptions, run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

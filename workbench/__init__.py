@@ -19,13 +19,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "workbench.checkpoint",
-    "load_config": "workbench.checkpoint",
-    "save_checkpoint": "workbench.checkpoint",
-    "CheckpointError": "workbench.checkpoint",
+    "load_model": "workbench.loading.checkpoint",
+    "load_config": "workbench.loading.checkpoint",
+    "save_checkpoint": "workbench.loading.native",
+    "CheckpointError": "workbench.errors",
     "DecoderConfig": "workbench.config",
-    "HookedDecoder": "workbench.model",
-    "KVCache": "workbench.attention",
+    "HookedDecoder": "workbench.model.decoder",
+    "KVCache": "workbench.model.kv_cache",
     "Finding": "workbench.findings",
     "record": "workbench.recorders",
 }

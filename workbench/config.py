@@ -13,14 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from workbench.errors import ConfigError
+
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
 ActivationKind = Literal["gelu", "gelu_tanh", "silu", "relu"]
 RopeScalingKind = Literal["linear", "dynamic", "yarn", "llama3"]
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot describe a decoder (missing or inconsistent fields)."""
 
 
 @dataclass(frozen=True)

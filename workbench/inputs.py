@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
+from workbench.errors import InputError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only named in annotations
 
@@ -45,9 +47,6 @@ CORPUS_FOLDER = "corpus"
 # Between two corpus files, and between two passes when a natural probe wraps around.
 TEXT_SEPARATOR = "\n\n"
 
-
-class InputError(ValueError):
-    """A probe input that cannot be made (empty text, sizes out of range, no vocabulary)."""
 
 
 class Tokenizer(Protocol):

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from workbench.config import DecoderConfig
+from workbench.errors import PlanError
 from workbench.findings import Finding, Status
 
 Risk = Literal["low", "medium", "high", "oom"]
@@ -65,12 +66,9 @@ _ALIASES = {
 }  # fmt: skip
 
 
-class PlanError(ValueError):
-    """A deployment shape or storage type the planner cannot describe."""
-
 
 class DeviceLike(Protocol):
-    """What the planner needs from a device (``workbench.profiles.Device`` satisfies it)."""
+    """What the planner needs from a device (``workbench.settings.Device`` satisfies it)."""
 
     name: str
     memory_bytes: int

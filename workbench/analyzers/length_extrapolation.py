@@ -24,7 +24,7 @@ import torch
 
 from workbench.analyzers import merged_thresholds
 from workbench.findings import Finding, Where
-from workbench.recorders.length import LengthProbe, LengthRecord
+from workbench.measurements.length import LengthProbe, LengthRecord
 
 NAME = "length_extrapolation"
 

@@ -73,7 +73,7 @@ def record(
     when the block calls ``model(tokens)``; after ``model.hidden(tokens)`` (long inputs) they
     unembed what they need in chunks.
     """
-    from workbench.hooks import hooks
+    from workbench.model.hooks import hooks
 
     recording = Recording()
     attention_recorder = (

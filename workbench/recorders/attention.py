@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from workbench.attention import AttentionChunk
+from workbench.model.context import AttentionChunk
 
 STATS = ("entropy", "entropy_norm", "max_prob", "argmax", "sink_mass", "mean_distance", "logit_std")
 

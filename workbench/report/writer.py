@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from workbench.errors import ReportError
 from workbench.report.schema import validate
 
 REPORT_JSON = "report.json"
@@ -45,9 +46,6 @@ _WINDOWS_RESERVED = {
     *(f"lpt{i}" for i in range(10)),
 }
 
-
-class ReportError(ValueError):
-    """A report that cannot be written (invalid document, bad extra file name)."""
 
 
 def slug(name: str, max_length: int = 64, fallback: str = "model") -> str:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.config import DecoderConfig
-from workbench.hooks import HookPoint
+from workbench.model.hooks import HookPoint
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from workbench.errors import RunError
 from workbench.findings import Finding, count_by_status, worst_status
+from workbench.loading.sources import DEFAULT_MODEL
 from workbench.report.schema import SECTIONS, TIME_FIELDS
 
 SCHEMA_VERSION = 1
@@ -54,9 +56,6 @@ class RunOptions:
     backend: str = "native"  # "native" (the hooked decoder) or "nnsight" (the transformers model)
     trace_dir: Path | None = None  # where timing writes traces (the report folder copies them)
 
-
-class RunError(ValueError):
-    """Bad input found while running (one-line message)."""
 
 
 def _versions() -> dict[str, Any]:
@@ -96,7 +95,7 @@ def check_fits_in_memory(config: Any, tokens: int, device: str, dtype: str) -> N
     if device != "cpu":
         return
     from workbench.analyzers.kv_memory import PlanError, plan
-    from workbench.profiles import get_device
+    from workbench.settings import get_device
 
     try:
         result = plan(config, get_device("cpu"), batch=1, context=tokens, kv_dtype=dtype,
@@ -148,16 +147,16 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
     try:
         return _run(source, options, progress)
     except torch.OutOfMemoryError:
-        from workbench import checkpoint
+        from workbench.loading import checkpoint
 
         config = checkpoint.load_config(source)
         raise out_of_memory_error(config, options.tokens or 0, options.device, options.dtype) from None
 
 
 def _run(source: str | None, options: RunOptions, progress: Progress | None = None) -> dict[str, Any]:
-    from workbench import checkpoint
-    from workbench.profiles import load_profile
-    from workbench.tokenizer import load_tokenizer, token_labels
+    from workbench.loading import checkpoint
+    from workbench.loading.tokenizer import load_tokenizer, token_labels
+    from workbench.settings import load_profile
 
     say = progress or (lambda message: None)
     if options.command not in COMMANDS:
@@ -169,7 +168,7 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     seed = profile.seed if options.seed is None else options.seed
     torch.manual_seed(seed)
     if options.backend == "nnsight":
-        from workbench.run_nnsight import run_nnsight
+        from workbench.pipeline.nnsight_run import run_nnsight
 
         return run_nnsight(source, options, profile, seed, say)
     if options.backend != "native":
@@ -203,7 +202,7 @@ def _run(source: str | None, options: RunOptions, progress: Progress | None = No
     if "timing" in wanted:
         say("profiling the forward")
         sections["timing"] = _timing(model, probe, options)
-    model_info = {"source": str(source or checkpoint.DEFAULT_MODEL), "name": config.name,
+    model_info = {"source": str(source or DEFAULT_MODEL), "name": config.name,
                   "model_type": config.model_type, "config": config.to_dict(), "n_params": model.n_params(),
                   "weights_quant": config.weights_quant}
     report = document(options, profile.name, seed, created, started, model_info, findings, probe, sections)
@@ -247,7 +246,7 @@ def pattern_requests(n_layers: int, n_heads: int, length: int) -> list[Any]:
 
 def _record_main(model: Any, probe: Any, wanted: set[str]):
     from workbench.analyzers.nonfinite import ActivationWatch
-    from workbench.hooks import hooks
+    from workbench.model.hooks import hooks
     from workbench.recorders import record
 
     config = model.config
@@ -287,7 +286,7 @@ def _analyze_records(recording, config, profile, wanted, sections, probe, labels
 def _length(model, config, profile, tokenizer, seed, sections, say) -> list[Finding]:
     from workbench.analyzers import length_extrapolation
     from workbench.inputs import natural_text_tokens
-    from workbench.recorders.length import run_length_sweep, sweep_lengths
+    from workbench.measurements.length import run_length_sweep, sweep_lengths
 
     probes = profile.probes
     lengths, skipped = sweep_lengths(config.max_positions, list(probes["extrapolation_factors"]),
@@ -343,7 +342,7 @@ def kv_curves(config, devices: list[Any], batch: int, kv_dtype: str | None) -> l
 
 def _kv(config, profile, sections) -> list[Finding]:
     from workbench.analyzers import kv_memory
-    from workbench.profiles import get_device, list_devices
+    from workbench.settings import get_device, list_devices
 
     deployment = profile.deployment
     device = get_device(deployment.device)
@@ -366,7 +365,7 @@ def _kv(config, profile, sections) -> list[Finding]:
 
 
 def _timing(model, probe, options: RunOptions) -> dict[str, Any]:
-    from workbench.recorders.timing import profile_forward
+    from workbench.measurements.timing import profile_forward
 
     if options.trace_dir is None:  # write() copies traces from here into the report folder
         options.trace_dir = Path(tempfile.mkdtemp(prefix="workbench-trace-"))

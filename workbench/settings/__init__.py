@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import ConfigError, DecoderConfig
+from workbench.errors import ProfileError
 
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
-
-class ProfileError(ValueError):
-    """A profile, device or architecture file that cannot be used; the message is one line."""
 
 
 def profiles_dir() -> Path:
@@ -41,7 +39,7 @@ def profiles_dir() -> Path:
     keeps it beside the package (``profiles/`` next to ``workbench/``).
     """
     candidates = [Path(str(resources.files("workbench") / "profiles"))]
-    candidates.append(Path(__file__).resolve().parent.parent / "profiles")
+    candidates.append(Path(__file__).resolve().parents[2] / "profiles")
     for folder in candidates:
         if (folder / "devices.toml").is_file():
             return folder

@@ -1,7 +1,7 @@
 """`workbench kv`: KV-cache and weights memory for a deployment, from a config alone.
 
 MODEL is an architecture profile name or Hugging Face id from ``profiles/architectures``, or
-anything :func:`workbench.checkpoint.load_config` reads (checkpoint folder, config.json, .gguf);
+anything :func:`workbench.loading.checkpoint.load_config` reads (checkpoint folder, config.json, .gguf);
 no weights are loaded. Unset options come from the run profile's ``[deployment]`` table.
 """
 
@@ -16,8 +16,8 @@ def resolve_config(model: str):
     """DecoderConfig for an architecture profile name / HF id, or a checkpoint path."""
     from pathlib import Path
 
-    from workbench.checkpoint import load_config
-    from workbench.profiles import ProfileError, get_architecture
+    from workbench.loading.checkpoint import load_config
+    from workbench.settings import ProfileError, get_architecture
 
     if Path(model).exists() or model == "smollm2":
         return load_config(model)
@@ -33,7 +33,7 @@ def kv_report(model: str, *, device: str | None = None, context: int | None = No
               profile: str = "default") -> dict[str, Any]:
     """Plan one deployment; returns {"model", "device", "plan" (KVPlan.to_dict()), "findings"}."""
     from workbench.analyzers import kv_memory
-    from workbench.profiles import get_device, load_profile
+    from workbench.settings import get_device, load_profile
 
     config = resolve_config(model)
     loaded = load_profile(profile)

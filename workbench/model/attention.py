@@ -1,4 +1,4 @@
-"""Causal self-attention with two paths behind one switch, plus the KV cache and masks.
+"""Causal self-attention with two paths behind one switch.
 
 Shapes: B batch, T new tokens in this forward, S keys (cached + new), H query heads,
 K key/value heads (H % K == 0; MHA K == H, MQA K == 1), D d_head, c a chunk of queries.
@@ -13,123 +13,15 @@ K key/value heads (H % K == 0; MHA K == H, MQA K == 1), D d_head, c a chunk of q
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workbench.config import DecoderConfig
-from workbench.hooks import HookPoint
-from workbench.positions import apply_rope
-
-
-@dataclass
-class AttentionChunk:
-    """What an attention observer sees for rows ``[query_start, query_start + c)`` of one layer.
-
-    Keys are cut after the last one a row of the chunk can see (causal attention never looks
-    ahead), so the key axis has ``n <= n_keys`` entries: keys ``[0, n)``; the weight on the
-    others is zero.
-    """
-
-    layer: int
-    query_start: int  # index of the first query row among this forward's T rows
-    scores: torch.Tensor | None  # (B, H, c, n) scaled logits incl. position bias; -inf where masked
-    probs: torch.Tensor  # (B, H, c, n) softmax of scores
-    visible: torch.Tensor  # (B or 1, 1, c, n) bool: which keys each query may see
-    query_index: torch.Tensor  # (c,) absolute index of each query (cache offset included)
-    scale: float  # the multiplier that was applied to q.k
-    n_keys: int = 0  # S, all keys of this forward (cached + new); 0 when unknown (= n)
-    shared: int = 0  # keys [0, shared) are visible to every row (0 when unknown)
-    writable: bool = False  # scores are the path's own temporaries: the observer may overwrite them
-
-
-AttentionObserver = Callable[[AttentionChunk], None]
-CHUNK_ROWS = 256  # the explicit path's default cap on query rows per chunk
-
-
-def chunk_rows(keys_before: int, chunk_keys: int) -> int:
-    """The most query rows ``r`` with ``r x (keys_before + r) <= chunk_keys`` (at least 1): a chunk
-    of causal rows after ``keys_before`` keys holds about ``chunk_keys`` scores per head, so early
-    rows, which see few keys, come in larger chunks."""
-    return max(1, int((math.sqrt(keys_before * keys_before + 4 * chunk_keys) - keys_before) / 2))
-
-
-class KVCache:
-    """Keys and values of past tokens, per layer: ``(B, K, S, D)`` each, appended in place."""
-
-    def __init__(self, n_layers: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-
-    @property
-    def length(self) -> int:
-        """Number of tokens cached (0 when empty)."""
-        first = self.keys[0]
-        return 0 if first is None else first.shape[2]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past_k, past_v = self.keys[layer], self.values[layer]
-        if past_k is not None:
-            k = torch.cat([past_k, k], dim=2)
-            v = torch.cat([past_v, v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-    def nbytes(self) -> int:
-        """Bytes held by the cached tensors (what the kv_memory model predicts)."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
-
-
-@dataclass
-class ForwardContext:
-    """Per-forward facts shared by every layer: positions, rotary tables, key validity."""
-
-    query_index: torch.Tensor  # (T,) absolute index of each new token
-    key_index: torch.Tensor  # (S,)
-    key_valid: torch.Tensor | None  # (B, S) bool, None when nothing is padded
-    cos: torch.Tensor | None = None  # (B, T, D) rotary tables, None without RoPE
-    sin: torch.Tensor | None = None
-    alibi: torch.Tensor | None = None  # (H,) slopes, None without ALiBi
-    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
-    _causal: dict[int | None, torch.Tensor] = field(default_factory=dict)
-
-    def visible(self, window: int | None) -> torch.Tensor | None:
-        """Bool ``(B or 1, 1, T, S)`` of visible keys, or None for a plain causal mask."""
-        if window not in self._masks:
-            plain = self.key_valid is None and window is None
-            if plain and self.query_index.shape[0] == self.key_index.shape[0]:
-                self._masks[window] = None
-            else:
-                self._masks[window] = self._build(window)
-        return self._masks[window]
-
-    def visible_or_causal(self, window: int | None) -> torch.Tensor:
-        mask = self.visible(window)
-        if mask is not None:
-            return mask
-        if window not in self._causal:  # built once per forward, shared by every layer
-            self._causal[window] = self._build(window)
-        return self._causal[window]
-
-    def _build(self, window: int | None) -> torch.Tensor:
-        # Query i (absolute index past + i) sees key j when 0 <= past + i - j < window: a band of
-        # the (T, S) matrix, cut with tril/triu instead of a (T, S) int64 distance matrix.
-        T, S = self.query_index.shape[0], self.key_index.shape[0]
-        past = int(self.query_index[0] - self.key_index[0]) if T and S else 0
-        mask = torch.ones(T, S, dtype=torch.bool, device=self.query_index.device).tril_(past)
-        if window is not None:
-            mask = mask.triu_(past - window + 1)
-        mask = mask[None, None]
-        if self.key_valid is not None:
-            mask = mask & self.key_valid[:, None, None, :]
-            # A padding query that sees no key would give NaN (0 * NaN leaks into later
-            # layers); let it see every key instead. Its output is meaningless either way.
-            mask = mask | ~mask.any(dim=-1, keepdim=True)
-        return mask
+from workbench.model.context import CHUNK_ROWS, AttentionChunk, AttentionObserver, ForwardContext, chunk_rows
+from workbench.model.hooks import HookPoint
+from workbench.model.kv_cache import KVCache
+from workbench.model.positions import apply_rope
 
 
 class Attention(nn.Module):

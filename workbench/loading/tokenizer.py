@@ -7,16 +7,17 @@ reports escape them.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+
+from workbench.loading.sources import resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def load_tokenizer(source: str | os.PathLike | None) -> Any | None:
     """A transformers tokenizer for ``source``, or None when it has none."""
-    from workbench.checkpoint import resolve
-
     kind, path = resolve(source)
     if kind == "native":
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -25,8 +26,6 @@ def load_tokenizer(source: str | os.PathLike | None) -> Any | None:
         return None
     elif kind == "hf-config":
         return None
-    import logging
-
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -49,12 +49,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from workbench.checkpoint import save_checkpoint
 from workbench.config import DecoderConfig
 from workbench.findings import Where
-from workbench.hooks import hooks
 from workbench.inputs import encode_text, load_corpus_text
-from workbench.model import HookedDecoder
+from workbench.loading.native import save_checkpoint
+from workbench.model.decoder import HookedDecoder
+from workbench.model.hooks import hooks
 
 InitKind = Literal["default", "unit_qk", "skewed_router"]
 ZOO_FILE = "zoo.json"

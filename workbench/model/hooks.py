@@ -94,10 +94,10 @@ def attached_hook_count(model: nn.Module) -> int:
 
 
 class _CallableModule(types.ModuleType):
-    """Lets ``workbench.hooks(model, ...)`` work although ``workbench.hooks`` is this module.
+    """Lets ``workbench.model.hooks(model, ...)`` work although ``workbench.model.hooks`` is this module.
 
     Importing a submodule binds it to the package attribute of the same name, which shadows the
-    lazily exported context manager as soon as anything imports ``workbench.hooks``.
+    lazily exported context manager as soon as anything imports ``workbench.model.hooks``.
     """
 
     def __call__(self, model: nn.Module, fwd_hooks: Sequence[tuple[HookSelector, HookFn]]):

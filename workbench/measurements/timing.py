@@ -46,7 +46,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from workbench.config import DecoderConfig
-from workbench.flops import forward_flops
+from workbench.measurements.flops import forward_flops
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], Any]
 
@@ -77,7 +77,7 @@ class TimingRecord:
     profiled_wall_seconds: float  # mean wall time of one profiled forward (profiler overhead in)
     top_ops: list[dict[str, Any]]
     components: dict[str, Any]
-    flops: int | None  # analytic, workbench.flops.forward_flops; None without a DecoderConfig
+    flops: int | None  # analytic, workbench.measurements.flops.forward_flops; None without a DecoderConfig
     flops_breakdown: dict[str, int] | None
     achieved_flops_per_second: float | None
     peak_flops: float | None = None

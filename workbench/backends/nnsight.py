@@ -52,7 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.attention import CHUNK_ROWS, AttentionChunk, ForwardContext, chunk_rows
+from workbench.errors import BackendError
+from workbench.model.context import CHUNK_ROWS, AttentionChunk, ForwardContext, chunk_rows
 from workbench.recorders import Recording
 from workbench.recorders.attention import AttentionRecorder, PatternRequest, chunk_keys
 from workbench.recorders.loss import LossRecord, chunked_loss
@@ -66,9 +67,6 @@ ROUTER_NAMES = ("gate", "router")
 # Probability on keys the rebuilt mask hides above this means the mask is not the model's.
 MASK_LEAK_TOLERANCE = 1e-4
 
-
-class BackendError(ValueError):
-    """A transformers model whose structure or outputs the backend cannot read."""
 
 
 @dataclass(frozen=True)

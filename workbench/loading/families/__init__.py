@@ -16,13 +16,12 @@ from typing import Any
 import torch
 
 from workbench.config import ConfigError, DecoderConfig, RopeScaling
+from workbench.errors import CheckpointError
 
 SUPPORTED = ("bloom", "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe")
 
 
 def _fail(path: Path, message: str) -> Exception:
-    from workbench.checkpoint import CheckpointError
-
     return CheckpointError(f"{path}: {message}")
 
 
@@ -229,8 +228,6 @@ _POSITIVE_INTS = (
 
 def config_from_hf(hf: dict[str, Any], path: Path) -> DecoderConfig:
     """DecoderConfig for a transformers ``config.json`` (already parsed)."""
-    from workbench.checkpoint import CheckpointError
-
     model_type = hf.get("model_type")
     if model_type is None:
         raise _fail(path, "config.json lacks 'model_type'")

@@ -25,7 +25,9 @@ SKIPPED = {
 
 
 def load_hf_model(source: str, dtype: str, device: str) -> Any:
-    from workbench.checkpoint import CheckpointError, parse_dtype, resolve
+    from workbench.errors import CheckpointError
+    from workbench.loading.checkpoint import parse_dtype
+    from workbench.loading.sources import resolve
 
     kind, path = resolve(source)
     if kind != "hf":
@@ -44,10 +46,10 @@ def load_hf_model(source: str, dtype: str, device: str) -> Any:
 
 
 def run_nnsight(source: str, options: Any, profile: Any, seed: int, say) -> dict[str, Any]:
-    from workbench import run as pipeline
     from workbench.analyzers.nonfinite import scan_weights
-    from workbench.recorders.nnsight_backend import describe, record_hf
-    from workbench.tokenizer import load_tokenizer, token_labels
+    from workbench.backends.nnsight import describe, record_hf
+    from workbench.loading.tokenizer import load_tokenizer, token_labels
+    from workbench.pipeline import run as pipeline
 
     started, created = time.perf_counter(), datetime.now(UTC)
     say("loading model (transformers)")

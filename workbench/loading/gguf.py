@@ -11,10 +11,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
 
 from workbench.config import ConfigError, DecoderConfig, RopeScaling
+from workbench.errors import CheckpointError
 
 # Architectures whose GGUF layout is the Llama one (the key map below).
 LLAMA_LIKE = {"llama", "mistral", "qwen2"}
@@ -32,14 +34,10 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
 
 
 def _error(path: Path, message: str) -> Exception:
-    from workbench.checkpoint import CheckpointError
-
     return CheckpointError(f"{path}: {message}")
 
 
 def _reader(path: Path):
-    import gguf
-
     try:
         return gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises bare ValueError/IndexError on bad files
@@ -151,8 +149,6 @@ def _unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 def read_checkpoint(path: Path) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
     """Config and dequantised fp32 weights in the decoder's names."""
-    import gguf
-
     reader = _reader(path)
     config = _config(reader, path)
     state = {}

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.attention import Attention, ForwardContext, KVCache
 from workbench.config import DecoderConfig
-from workbench.hooks import HookPoint, hooks, name_hook_points
-from workbench.mlp import MLP, MoE
-from workbench.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
+from workbench.model.attention import Attention
+from workbench.model.context import ForwardContext
+from workbench.model.hooks import HookPoint, hooks, name_hook_points
+from workbench.model.kv_cache import KVCache
+from workbench.model.mlp import MLP, MoE
+from workbench.model.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
 
 
 class RMSNorm(nn.Module):
@@ -207,7 +209,7 @@ class HookedDecoder(nn.Module):
         return torch.cat(tokens, dim=1)
 
     def hooks(self, fwd_hooks):
-        """Context manager attaching ``[(name or predicate, fn), ...]``; see :mod:`workbench.hooks`."""
+        """Context manager attaching ``[(name or predicate, fn), ...]``; see :mod:`workbench.model.hooks`."""
         return hooks(self, fwd_hooks)
 
     def attention_modules(self) -> list[Attention]:

@@ -1,0 +1,1 @@
+"""Backends: the hooked decoder (native) and transformers traced with nnsight."""

@@ -1,0 +1,1 @@
+"""Experiments that run forwards: the length sweep, timing, FLOPs."""

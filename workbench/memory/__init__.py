@@ -1,0 +1,1 @@
+"""Memory planning: KV cache, weights and workspace of a deployment, as an engine would plan them."""

@@ -1,0 +1,1 @@
+"""The hooked decoder: decoder, attention, MLP/MoE, positions, hook points, KV cache."""

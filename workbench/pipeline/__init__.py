@@ -1,0 +1,1 @@
+"""The pipeline: checkpoint + profile -> probes -> records -> findings -> report document."""
