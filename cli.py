@@ -70,14 +70,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from workbench.analyzers.kv_memory import PlanError
-    from workbench.config import ConfigError
-    from workbench.errors import CheckpointError
-    from workbench.inputs import InputError
-    from workbench.pipeline.run import RunError
-    from workbench.settings import ProfileError
+    from workbench.errors import WorkbenchError
 
-    return (CheckpointError, ConfigError, InputError, ProfileError, RunError, PlanError, BadInput)
+    return (WorkbenchError, BadInput)
 
 
 def _read_text(path: Path | None, prompt: str | None) -> str | None:
@@ -102,8 +97,6 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
                  tokens: int | None, prompt: str | None, text: Path | None, out_dir: Path | None,
                  json_path: Path | None, quiet: bool, seed: int | None, backend: str = "native") -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    import tempfile
-
     try:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -115,22 +108,21 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
         raise _fail_input(f"cannot import the workbench ({error})") from None
     try:
         prompt_text = _read_text(text, prompt)
-        with tempfile.TemporaryDirectory(prefix="workbench-trace-") as trace_dir:
-            options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
-                                          device=device, dtype=dtype, seed=seed, trace_dir=Path(trace_dir),
-                                          backend=backend)
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                          console=err, transient=True, disable=quiet) as progress:
-                task = progress.add_task("starting", total=None)
+        options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
+                                      device=device, dtype=dtype, seed=seed, backend=backend)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=err, transient=True, disable=quiet) as progress:
+            task = progress.add_task("starting", total=None)
 
-                def step(message: str) -> None:
-                    progress.update(task, description=message)
-                    if not err.is_terminal and not quiet:  # logs (CI): one line per step
-                        err.print(Text(f"... {message}"), highlight=False, soft_wrap=True)
+            def step(message: str) -> None:
+                progress.update(task, description=message)
+                if not err.is_terminal and not quiet:  # logs (CI): one line per step
+                    err.print(Text(f"... {message}"), highlight=False, soft_wrap=True)
 
-                report = pipeline.run(checkpoint, options, progress=step)
-                progress.update(task, description="writing the report")
-                folder = pipeline.write(report, out_dir, options)
+            result = pipeline.run(checkpoint, options, progress=step)
+            report = result.report
+            progress.update(task, description="writing the report")
+            folder = pipeline.write(result, out_dir)
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text((folder / "report.json").read_text(encoding="utf-8"), encoding="utf-8")
@@ -213,7 +205,9 @@ def kv(
 
 
 def _gib(value: float | None) -> str:
-    return "-" if value is None else f"{value / 2**30:,.2f} GiB"
+    from workbench.units import gib
+
+    return "-" if value is None else gib(value)
 
 
 def _render_kv(result: dict[str, Any]) -> None:
@@ -236,11 +230,12 @@ def _render_kv(result: dict[str, Any]) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
-    colours = {"fail": "red", "warn": "yellow", "info": "cyan", "pass": "green", "skip": "dim"}
+    from workbench.report.terminal import STATUS_STYLES
+
     for finding in result["findings"]:
         if finding["status"] == "pass":
             continue
-        colour = colours.get(finding["status"], "white")
+        colour = STATUS_STYLES.get(finding["status"], "white")
         out.print(Text.assemble((finding["status"], colour), " ", finding["message"]), highlight=False)
         if finding.get("fix"):
             out.print(Text("  fix: " + finding["fix"]), highlight=False)

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from workbench.errors import CheckpointError
+from workbench.pipeline.run import RunError, RunOptions, run
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("workbench")
@@ -25,12 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def diagnosis(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The report document of one `check` run on --checkpoint."""
-    from workbench.errors import CheckpointError
-    from workbench.pipeline.run import RunError, RunOptions, run
-
     options = RunOptions(command="check", profile=request.config.getoption("--profile"),
                          device=request.config.getoption("--probe-device"))
     try:
-        return run(request.config.getoption("--checkpoint"), options)
+        return run(request.config.getoption("--checkpoint"), options).report
     except (CheckpointError, RunError, ValueError) as error:
         pytest.exit(f"cannot diagnose the checkpoint: {error}", returncode=2)

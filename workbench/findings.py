@@ -88,3 +88,26 @@ def count_by_status(findings: list[Finding]) -> dict[str, int]:
     for finding in findings:
         counts[finding.status] += 1
     return counts
+
+
+def sort_key(finding: Finding | dict[str, Any]) -> tuple[Any, ...]:
+    """The one order of findings everywhere (report.json, HTML, terminal): most severe first
+    (fail, warn, skip, info, pass), then by analyzer, place (layer, head, expert) and check."""
+    data = finding.to_dict() if isinstance(finding, Finding) else finding
+    where = data.get("where") or {}
+    place = tuple(where.get(k) if where.get(k) is not None else -1 for k in ("layer", "head", "expert"))
+    return (-STATUS_ORDER.get(data["status"], 0), data["analyzer"], place, data["check"])
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """``findings`` in the one order (see :func:`sort_key`)."""
+    return sorted(findings, key=sort_key)
+
+
+def summarize(findings: list[Finding]) -> dict[str, Any]:
+    """The report's summary: overall status (fail, warn or pass), counts, worst status per analyzer."""
+    by_analyzer = {analyzer: worst_status([f for f in findings if f.analyzer == analyzer])
+                   for analyzer in {f.analyzer for f in findings}}
+    status = worst_status([f for f in findings if f.status in ("fail", "warn")])
+    return {"status": status if status in ("fail", "warn") else "pass", "counts": count_by_status(findings),
+            "analyzers": dict(sorted(by_analyzer.items()))}

@@ -28,25 +28,10 @@ from workbench.measurements.length import LengthProbe, LengthRecord
 
 NAME = "length_extrapolation"
 
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "max_loss_increase": (
-        0.5,
-        "workbench convention: half a nat is a 1.65x rise in perplexity, well beyond run-to-run "
-        "noise of a 1k-token probe",
-    ),
-    "max_loss_ratio": (
-        1.25,
-        "workbench convention: guards the increase test when in-context loss is already high",
-    ),
-    "window_fraction": (
-        0.125,
-        "workbench convention: the effective-context window is 1/8 of the boundary",
-    ),
-}
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
-    return merged_thresholds(THRESHOLDS, profile_values)
+    return merged_thresholds(NAME, profile_values)
 
 
 def _predictable(probe: LengthProbe) -> torch.Tensor:

@@ -28,31 +28,10 @@ from workbench.recorders.routing import LayerRouting, RoutingRecord
 
 NAME = "routing_collapse"
 
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "dead_share": (
-        0.1,
-        "workbench convention: an expert that gets under a tenth of its fair share of tokens is "
-        "effectively unused",
-    ),
-    "max_dead_fraction": (
-        0.25,
-        "workbench convention: a quarter of the experts idle wastes a quarter of the MoE parameters",
-    ),
-    "max_load_violation": (
-        1.0,
-        "Fedus et al. 2022 (Switch Transformer): capacity factors of 1.0-2.0; an expert at more than "
-        "twice its fair share overflows capacity factor 2 and drops tokens",
-    ),
-    "max_balance_loss": (
-        1.5,
-        "Fedus et al. 2022: E * sum f_i P_i is 1.0 under uniform routing; measured: balanced zoo "
-        "twin stays under 1.1",
-    ),
-}
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
-    return merged_thresholds(THRESHOLDS, profile_values)
+    return merged_thresholds(NAME, profile_values)
 
 
 def layer_metrics(state: LayerRouting, dead_share: float) -> dict[str, Any]:

@@ -30,37 +30,10 @@ from workbench.recorders.attention import AttentionRecord
 
 NAME = "attention_saturation"
 
-# name: (default, source). Overridden by [thresholds.attention_saturation] in a profile.
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "onehot_prob": (
-        0.9,
-        "workbench definition: a query is one-hot when one key gets more than 90% of its weight",
-    ),
-    "saturated_fraction": (
-        0.5,
-        "measured: SmolLM2-135M's most one-hot non-sink head is one-hot at 13% of natural-text "
-        "positions; unscaled zoo heads at over 90%",
-    ),
-    "layer_fraction": (
-        0.5,
-        "workbench convention: a missing 1/sqrt(d_head) scale saturates every head of a layer, "
-        "a sharp previous-token or induction head is one of many",
-    ),
-    "sink_mass": (
-        0.5,
-        "Xiao et al. 2023 (StreamingLLM): sink heads put most of their weight on the first token",
-    ),
-    "max_logit_std": (
-        8.0,
-        "measured: SmolLM2-135M's widest head has logit std 6.0 on natural text; without the "
-        "scale, d_head=64 logits are 8x wider",
-    ),
-    "skip_positions": (8, "workbench convention: the first queries see too few keys to judge"),
-}
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
-    return merged_thresholds(THRESHOLDS, profile_values)
+    return merged_thresholds(NAME, profile_values)
 
 
 def head_metrics(record: AttentionRecord, onehot_prob: float, skip: int) -> dict[str, torch.Tensor]:

@@ -114,7 +114,7 @@ def load_model(
 
 
 def _dispatch(model, device_map, max_memory, offload_folder):
-    from accelerate import dispatch_model
+    from accelerate import dispatch_model  # noqa: PLC0415 - accelerate only for device_map
 
     if device_map == "auto":
         device_map = _auto_device_map(model, max_memory)
@@ -129,7 +129,7 @@ def _dispatch(model, device_map, max_memory, offload_folder):
 
 def _auto_device_map(model, max_memory) -> dict[str, Any]:
     """accelerate's placement of whole blocks under ``max_memory``, one entry per module."""
-    from accelerate import infer_auto_device_map
+    from accelerate import infer_auto_device_map  # noqa: PLC0415 - accelerate only for device_map
 
     tied = model.config.tie_embeddings
     if tied:

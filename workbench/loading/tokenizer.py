@@ -11,6 +11,9 @@ import logging
 import os
 from typing import Any
 
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+
 from workbench.loading.sources import resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -26,9 +29,6 @@ def load_tokenizer(source: str | os.PathLike | None) -> Any | None:
         return None
     elif kind == "hf-config":
         return None
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:

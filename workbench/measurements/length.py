@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from workbench.inputs import repeated_random_blocks
 from workbench.recorders.attention import _nan_to_none, bucket
 from workbench.recorders.loss import chunked_loss
 
@@ -74,8 +75,6 @@ def run_length_sweep(
 ) -> LengthRecord:
     """Loss per position for each length and probe kind. ``natural(length, seed)`` returns
     ``[batch, length]`` tokens of text (None: skip natural probes)."""
-    from workbench.inputs import repeated_random_blocks
-
     config = model.config
     record = LengthRecord(boundary=config.max_positions, trained_context=config.trained_context,
                           positions=config.positions, skipped_lengths=list(skipped or []))

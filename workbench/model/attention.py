@@ -4,11 +4,11 @@ Shapes: B batch, T new tokens in this forward, S keys (cached + new), H query he
 K key/value heads (H % K == 0; MHA K == H, MQA K == 1), D d_head, c a chunk of queries.
 
 * The fast path calls ``scaled_dot_product_attention`` and never materialises scores.
-* The explicit path computes scores and probabilities in query chunks of at most ``chunk_size``
-  rows (and about ``chunk_keys`` rows x keys, when set), so peak memory is O(B x H x chunk x S).
-  It runs only when something asks for attention:
-  an ``observer`` (a recorder reducing statistics chunk by chunk), a hook on ``hook_pattern`` or
-  ``hook_attn_scores`` (which then see the full ``[B, H, T, S]`` tensor), or ``force_explicit``.
+* The explicit path computes scores and probabilities in query chunks (see
+  :class:`~workbench.model.context.AttentionOptions`), so peak memory is O(B x H x chunk x S).
+  It runs only when something asks for attention: an observer (a recorder reducing statistics
+  chunk by chunk), a hook on ``hook_pattern`` or ``hook_attn_scores`` (which then see the full
+  ``[B, H, T, S]`` tensor), or ``explicit=True``; all come with the forward's context.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.config import DecoderConfig
-from workbench.model.context import CHUNK_ROWS, AttentionChunk, AttentionObserver, ForwardContext, chunk_rows
+from workbench.model.context import AttentionChunk, ForwardContext, query_chunks
 from workbench.model.hooks import HookPoint
 from workbench.model.kv_cache import KVCache
 from workbench.model.positions import apply_rope
@@ -46,10 +46,6 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.observer: AttentionObserver | None = None
-        self.chunk_size = CHUNK_ROWS  # at most this many query rows per chunk
-        self.chunk_keys: int | None = None  # and at most about this many rows x keys, when set
-        self.force_explicit = False
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -65,8 +61,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, K, S, D)
         explicit = (
-            self.force_explicit
-            or self.observer is not None
+            ctx.options.explicit
+            or ctx.options.observer is not None
             or self.hook_pattern.active
             or self.hook_attn_scores.active
         )
@@ -101,18 +97,14 @@ class Attention(nn.Module):
         K, S, group = self.n_kv_heads, k.shape[2], self.n_heads // self.n_kv_heads
         visible_all = ctx.visible_or_causal(self.window)  # (B or 1, 1, T, S)
         full = self.hook_pattern.active or self.hook_attn_scores.active
-        max_rows = T if full else max(1, self.chunk_size)
+        max_rows = T if full else max(1, ctx.options.chunk_rows)
+        observer = ctx.options.observer
         # Scale q once (T x D) rather than every score (T x S); groups of query heads share a
         # kv head, so each group's rows are stacked into one matmul against its K and V.
         q_grouped = (q * self.scale).view(B, K, group, T, D)
         plain_causal = ctx.key_valid is None and self.window is None
         outputs = []
-        start = 0
-        while start < T:
-            rows = max_rows
-            if self.chunk_keys is not None and not full:
-                rows = min(rows, chunk_rows(S - T + start, self.chunk_keys))
-            stop = min(start + rows, T)
+        for start, stop in query_chunks(T, S - T, max_rows, None if full else ctx.keys_budget):
             c = stop - start
             visible = visible_all[:, :, start:stop]
             n = self._key_limit(ctx, visible, S - T + stop)
@@ -133,13 +125,12 @@ class Attention(nn.Module):
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             if full:
                 probs = self.hook_pattern(probs)
-            if self.observer is not None:
+            if observer is not None:
                 # Unless a hook saw the scores (and may hold them), they are dead after this.
-                self.observer(AttentionChunk(self.layer, start, scores, probs, visible, query_index,
+                observer(AttentionChunk(self.layer, start, scores, probs, visible, query_index,
                                              self.scale, S, shared=first, writable=not full))
             z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, D)
             outputs.append(z.view(B, H, c, D))
-            start = stop
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     @staticmethod

@@ -6,7 +6,10 @@ c a chunk of query rows, n the keys a chunk can see.
 * :class:`ForwardContext`: positions, rotary tables, ALiBi slopes and key masks, built once per
   forward and shared by every layer;
 * :class:`AttentionChunk`: one chunk of query rows of one layer, as an observer sees it;
-* :func:`chunk_rows`: how many query rows a chunk holds under a budget of scores.
+* :class:`AttentionOptions`: how attention runs in one forward (which path, chunk budget,
+  observer); set only through ``HookedDecoder.attention_options(...)``, read through the context;
+* :func:`query_chunks`: the one chunking rule, shared by the decoder's explicit path and the
+  nnsight backend.
 """
 
 from __future__ import annotations
@@ -43,11 +46,46 @@ AttentionObserver = Callable[[AttentionChunk], None]
 CHUNK_ROWS = 256  # the explicit path's default cap on query rows per chunk
 
 
+def chunk_keys(chunk_bytes: int, batch: int, heads: int) -> int:
+    """Scores per head in a chunk whose temporaries (about four fp32 tensors of
+    ``[batch, heads, rows, keys]``) stay under ``chunk_bytes``."""
+    return max(1, chunk_bytes // max(1, batch * heads * 4 * 4))
+
+
 def chunk_rows(keys_before: int, chunk_keys: int) -> int:
     """The most query rows ``r`` with ``r x (keys_before + r) <= chunk_keys`` (at least 1): a chunk
     of causal rows after ``keys_before`` keys holds about ``chunk_keys`` scores per head, so early
     rows, which see few keys, come in larger chunks."""
     return max(1, int((math.sqrt(keys_before * keys_before + 4 * chunk_keys) - keys_before) / 2))
+
+
+def query_chunks(n_rows: int, keys_before: int, max_rows: int, keys_budget: int | None):
+    """``(start, stop)`` of each chunk of ``n_rows`` causal query rows that follow ``keys_before``
+    cached keys: at most ``max_rows`` rows, and about ``keys_budget`` scores per head when set."""
+    start = 0
+    while start < n_rows:
+        rows = max_rows
+        if keys_budget is not None:
+            rows = min(rows, chunk_rows(keys_before + start, keys_budget))
+        stop = min(start + max(1, rows), n_rows)
+        yield start, stop
+        start = stop
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """How attention runs in one forward.
+
+    ``explicit``: take the explicit chunked path even when nothing observes it (tests, timing).
+    ``chunk_rows``: at most this many query rows per chunk. ``chunk_bytes``: when set, chunks also
+    keep their temporaries under about this many bytes. ``observer``: called with every
+    :class:`AttentionChunk` (a recorder); an observer forces the explicit path.
+    """
+
+    explicit: bool = False
+    chunk_rows: int = CHUNK_ROWS
+    chunk_bytes: int | None = None
+    observer: AttentionObserver | None = None
 
 
 @dataclass
@@ -60,6 +98,8 @@ class ForwardContext:
     cos: torch.Tensor | None = None  # (B, T, D) rotary tables, None without RoPE
     sin: torch.Tensor | None = None
     alibi: torch.Tensor | None = None  # (H,) slopes, None without ALiBi
+    options: AttentionOptions = field(default_factory=AttentionOptions)
+    keys_budget: int | None = None  # scores per head a chunk may hold (from options.chunk_bytes)
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
     _causal: dict[int | None, torch.Tensor] = field(default_factory=dict)
 

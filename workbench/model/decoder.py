@@ -9,12 +9,17 @@ TransformerLens (see ``model.hook_dict`` for the full list).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import nn
 
 from workbench.config import DecoderConfig
 from workbench.model.attention import Attention
-from workbench.model.context import ForwardContext
+from workbench.model.context import AttentionOptions, ForwardContext, chunk_keys
 from workbench.model.hooks import HookPoint, hooks, name_hook_points
 from workbench.model.kv_cache import KVCache
 from workbench.model.mlp import MLP, MoE
@@ -101,6 +106,7 @@ class HookedDecoder(nn.Module):
         self.hook_final = HookPoint()  # [batch, pos, d_model] after ln_final
         self.hook_logits = HookPoint()  # [batch, pos, vocab]: model(...) only, hidden() stops before
         self.hook_dict = name_hook_points(self)
+        self._attention_options = AttentionOptions()
 
     def reset_buffers(self) -> None:
         """Recompute the derived (non-persistent) buffers, e.g. after building on ``meta``."""
@@ -153,6 +159,9 @@ class HookedDecoder(nn.Module):
             position_ids = query_index[None].expand(B, T)
         position_ids = position_ids.to(device)
         ctx = self._context(query_index, position_ids, attention_mask, past)
+        ctx.options = self._attention_options
+        if ctx.options.chunk_bytes is not None:
+            ctx.keys_budget = chunk_keys(ctx.options.chunk_bytes, B, self.config.n_heads)
         x = self.hook_embed(self.embed(input_ids))
         if self.pos_embed is not None:
             if int(position_ids.max()) >= self.config.max_positions:
@@ -207,6 +216,29 @@ class HookedDecoder(nn.Module):
             tokens.append(next_token)
             logits = self(next_token, cache=cache)
         return torch.cat(tokens, dim=1)
+
+    @contextlib.contextmanager
+    def attention_options(self, **changes: Any) -> Iterator[AttentionOptions]:
+        """Run the forwards inside the block with these :class:`AttentionOptions` changed, e.g.
+        ``explicit=True, chunk_rows=5``; the previous options come back on exit.
+
+        Only one observer at a time: a second ``observer`` (a ``record()`` inside another that
+        records attention) raises ``RuntimeError`` instead of silently taking the first's place.
+        """
+        previous = self._attention_options
+        if changes.get("observer") is not None and previous.observer is not None:
+            raise RuntimeError("attention is already being recorded on this model: record() blocks that "
+                               "record attention do not nest")
+        self._attention_options = dataclasses.replace(previous, **changes)
+        try:
+            yield self._attention_options
+        finally:
+            self._attention_options = previous
+
+    @property
+    def current_attention_options(self) -> AttentionOptions:
+        """The options forwards run with right now (read-only; change them with attention_options)."""
+        return self._attention_options
 
     def hooks(self, fwd_hooks):
         """Context manager attaching ``[(name or predicate, fn), ...]``; see :mod:`workbench.model.hooks`."""

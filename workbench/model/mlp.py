@@ -49,6 +49,17 @@ class MLP(nn.Module):
         return self.w_out(self.hook_post(hidden))
 
 
+def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The router's choice: softmax over all experts in fp32, the ``top_k`` largest, renormalised
+    to sum to one when ``norm_topk_prob``. ``logits`` ``[..., E]`` -> (weights fp32, indices), each
+    ``[..., k]``. The one routing rule: the MoE block and the nnsight backend both use it."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    weights, indices = torch.topk(probs, top_k, dim=-1)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, indices
+
+
 class MoE(nn.Module):
     """Top-k routed experts (Mixtral, Qwen2-MoE), with an optional sigmoid-gated shared expert.
 
@@ -76,10 +87,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d_model = x.shape
         logits = self.hook_router_logits(self.router(x))  # (B, T, E)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        weights, indices = torch.topk(probs, self.top_k, dim=-1)  # (B, T, k)
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights, indices = route(logits, self.top_k, self.norm_topk_prob)  # (B, T, k)
         indices = self.hook_expert_indices(indices)
         weights = self.hook_expert_weights(weights.to(x.dtype))
         tokens_ND = x.reshape(-1, d_model)

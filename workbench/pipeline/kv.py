@@ -7,18 +7,17 @@ no weights are loaded. Unset options come from the run profile's ``[deployment]`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from workbench.analyzers import kv_memory
 from workbench.findings import Finding
+from workbench.loading.checkpoint import load_config
+from workbench.settings import ProfileError, get_architecture, get_device, load_profile
 
 
 def resolve_config(model: str):
     """DecoderConfig for an architecture profile name / HF id, or a checkpoint path."""
-    from pathlib import Path
-
-    from workbench.loading.checkpoint import load_config
-    from workbench.settings import ProfileError, get_architecture
-
     if Path(model).exists() or model == "smollm2":
         return load_config(model)
     try:
@@ -32,9 +31,6 @@ def kv_report(model: str, *, device: str | None = None, context: int | None = No
               block_size: int | None = None, weights_dtype: str | None = None,
               profile: str = "default") -> dict[str, Any]:
     """Plan one deployment; returns {"model", "device", "plan" (KVPlan.to_dict()), "findings"}."""
-    from workbench.analyzers import kv_memory
-    from workbench.settings import get_device, load_profile
-
     config = resolve_config(model)
     loaded = load_profile(profile)
     deployment, thresholds = loaded.deployment, loaded.thresholds.get("kv_memory")

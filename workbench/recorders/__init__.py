@@ -10,7 +10,8 @@ attached::
     rec.loss.by_position              # [T-1]
 
 One ``record`` block describes one forward: attention, residual and loss records hold the last
-forward made inside it; routing counts add up over all of them.
+forward made inside it; routing counts add up over all of them. Blocks that record attention do
+not nest (the inner one raises ``RuntimeError``); other recorders stack.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.model.hooks import hooks
 from workbench.recorders.attention import AttentionRecord, AttentionRecorder, PatternRequest
 from workbench.recorders.loss import LossRecord, LossRecorder
 from workbench.recorders.residual import ResidualRecord, ResidualRecorder
@@ -73,8 +75,6 @@ def record(
     when the block calls ``model(tokens)``; after ``model.hidden(tokens)`` (long inputs) they
     unembed what they need in chunks.
     """
-    from workbench.model.hooks import hooks
-
     recording = Recording()
     attention_recorder = (
         AttentionRecorder(model, patterns, pattern_budget_bytes) if attention else None
@@ -83,23 +83,12 @@ def record(
     routing_recorder = RoutingRecorder(model) if routing else None
     loss_recorder = LossRecorder(model) if loss else None
     fwd_hooks = []
-    if attention_recorder is not None:
-        def size_chunks(tokens, point):
-            batch, n_tokens = tokens.shape
-            attention_recorder.set_sequence(batch, n_tokens, n_tokens)
-
-        fwd_hooks.append(("hook_tokens", size_chunks))
     for recorder in (residual_recorder, routing_recorder, loss_recorder):
         if recorder is not None:
             fwd_hooks.extend(recorder.hooks())
-    try:
-        if attention_recorder is not None:
-            attention_recorder.attach()
-        with hooks(model, fwd_hooks):
-            yield recording
-    finally:
-        if attention_recorder is not None:
-            attention_recorder.detach()
+    options = attention_recorder.options() if attention_recorder is not None else {}
+    with model.attention_options(**options), hooks(model, fwd_hooks):
+        yield recording
     if attention_recorder is not None:
         recording.attention = attention_recorder.finish()
     if residual_recorder is not None:

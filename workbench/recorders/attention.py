@@ -138,12 +138,6 @@ def chunk_statistics(
     }
 
 
-def chunk_keys(chunk_bytes: int, batch: int, heads: int) -> int:
-    """Scores per head in a chunk whose temporaries (about four fp32 tensors of
-    ``[batch, heads, rows, keys]``) stay under ``chunk_bytes``."""
-    return max(1, chunk_bytes // max(1, batch * heads * 4 * 4))
-
-
 @dataclass
 class AttentionRecord:
     """Attention statistics: each of :data:`STATS` is a float32 tensor ``[layers, heads, T]``."""
@@ -232,22 +226,12 @@ class AttentionRecorder:
         self.record: AttentionRecord | None = None
         self._start()
 
-    def attach(self) -> None:
-        for attn in self.model.attention_modules():
-            attn.observer = self.observe
+    def options(self) -> dict[str, object]:
+        """The attention options a recorded forward runs with: this recorder observes every chunk,
+        and chunks keep their temporaries (about four fp32 tensors of ``[batch, heads, rows,
+        keys]``) under ``chunk_bytes``."""
         self._tokens = 0
-
-    def detach(self) -> None:
-        for attn in self.model.attention_modules():
-            attn.observer, attn.chunk_keys = None, None
-
-    def set_sequence(self, batch: int, n_tokens: int, n_keys: int) -> None:
-        """Size the chunks for this forward so their temporaries (about four tensors of
-        ``[batch, heads, rows, keys]`` fp32) stay under ``chunk_bytes``; a module's own
-        ``chunk_size`` still caps the rows."""
-        keys = chunk_keys(self.chunk_bytes, batch, self.config.n_heads)
-        for attn in self.model.attention_modules():
-            attn.chunk_keys = keys
+        return {"observer": self.observe, "chunk_bytes": self.chunk_bytes}
 
     @torch.no_grad()
     def observe(self, chunk: AttentionChunk) -> None:

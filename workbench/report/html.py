@@ -78,7 +78,7 @@ def _asset(name: str) -> str:
 @functools.lru_cache(maxsize=1)
 def plotly_js() -> str:
     """plotly.js as bundled with the installed plotly package (a few MB, read once)."""
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # noqa: PLC0415 - plotly.js (MBs) only when a page is rendered
 
     source = get_plotlyjs()
     # Cannot occur in today's bundle; guards the inline <script> should a later one contain it.

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from workbench.errors import ReportError
+from workbench.report.html import render_html
 from workbench.report.schema import validate
 
 REPORT_JSON = "report.json"
@@ -203,8 +204,6 @@ def write_report(
     folder (the ``trace/`` that ``recorders.timing.profile_forward`` wrote) copied to ``trace/``.
     Raises :class:`ReportError` for an invalid document, before anything is created.
     """
-    from workbench.report.html import render_html
-
     clean = to_jsonable(report)
     problems = validate(clean)
     if problems:

@@ -83,15 +83,26 @@ def _activation(name: str, path: Path) -> str:
 
 
 def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
-    """(window, layers it applies to; None = all), following each family's transformers code."""
-    model_type, window = hf["model_type"], hf.get("sliding_window")
+    """(window, layers it applies to; None = all), following each family's transformers code.
+
+    A model_type without its own rule (what the nnsight backend may meet) takes the generic one of
+    transformers 5: ``sliding_window`` unless ``use_sliding_window`` is false, on the layers
+    ``layer_types`` marks ``sliding_attention`` (every layer when it is absent)."""
+    model_type, window = hf.get("model_type"), hf.get("sliding_window")
     if not window or model_type == "llama":
         return None, None
     if model_type in ("mistral", "mixtral"):  # every layer; layer_types is not read
         return int(window), None
+    layer_types = hf.get("layer_types")
+    if model_type not in ("qwen2", "qwen2_moe"):
+        if hf.get("use_sliding_window", True) is False:
+            return None, None
+        if layer_types:
+            layers = tuple(i for i, kind in enumerate(layer_types[:n_layers]) if kind == "sliding_attention")
+            return (int(window), layers) if layers else (None, None)
+        return int(window), None
     if not hf.get("use_sliding_window"):  # qwen2, qwen2_moe: off unless switched on
         return None, None
-    layer_types = hf.get("layer_types")
     if layer_types:
         layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
     else:  # configs written before layer_types existed
@@ -101,6 +112,12 @@ def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, 
         else:
             layers = tuple(i for i in range(min(max_window_layers, n_layers)) if (i + 1) % 2)
     return (int(window), layers) if layers else (None, None)
+
+
+def window_per_layer(hf: dict[str, Any], n_layers: int) -> list[int | None]:
+    """The sliding window of each layer (None: full causal attention) of a config.json dict."""
+    window, layers = _sliding(hf, n_layers)
+    return [window if window is not None and (layers is None or i in layers) else None for i in range(n_layers)]
 
 
 def _attention_biases(hf: dict[str, Any]) -> dict[str, bool]:

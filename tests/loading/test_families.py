@@ -63,14 +63,8 @@ def family_pair(family_case, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("path", ["sdpa", "explicit"])
 def test_logits_match_transformers(family_case, family_pair, make_batch, path: str) -> None:
     reference, model = family_pair
-    attention = model.attention_modules()
-    for module in attention:
-        module.force_explicit = path == "explicit"
-    try:
+    with model.attention_options(explicit=path == "explicit"):
         compare(family_case, reference, model, make_batch(reference.config.vocab_size))
-    finally:
-        for module in attention:
-            module.force_explicit = False
 
 
 def test_config_reflects_family(family_case, family_pair) -> None:

@@ -14,6 +14,7 @@ from workbench.config import DecoderConfig
 from workbench.measurements.length import LengthProbe, LengthRecord
 from workbench.model.decoder import HookedDecoder
 from workbench.recorders.attention import STATS, AttentionRecord
+from workbench.recorders.nonfinite import ActivationWatch, scan_weights
 from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
 L, H, T = 3, 4, 64
@@ -180,10 +181,10 @@ def tiny_model() -> HookedDecoder:
 
 def test_nonfinite_weights_name_the_first_tensor():
     model = tiny_model()
-    assert nonfinite.scan_weights(model)[0].status == "pass"
+    assert nonfinite.analyze_weights(scan_weights(model))[0].status == "pass"
     with torch.no_grad():
         model.blocks[1].mlp.w_in.weight[0, 0] = math.nan
-    finding = nonfinite.scan_weights(model)[0]
+    finding = nonfinite.analyze_weights(scan_weights(model))[0]
     assert finding.status == "fail" and finding.where.layer == 1 and "blocks.1.mlp.w_in.weight" in finding.message
 
 
@@ -191,23 +192,25 @@ def test_nonfinite_activations_name_the_first_sublayer():
     model = tiny_model()
     with torch.no_grad():
         model.blocks[1].attn.v.weight[:] = math.inf
-    watch = nonfinite.ActivationWatch(model)
+    watch = ActivationWatch(model)
     with torch.no_grad(), model.hooks(watch.hooks()):
         model(torch.randint(0, 64, (1, 8)))
-    finding = watch.findings()[0]
+    finding = nonfinite.analyze_activations(watch.first)[0]
     assert finding.status == "fail" and finding.where.layer == 1 and finding.where.sublayer == "attn"
-    healthy = nonfinite.ActivationWatch(tiny_model())
+    healthy = ActivationWatch(tiny_model())
     with torch.no_grad(), healthy.model.hooks(healthy.hooks()):
         healthy.model(torch.randint(0, 64, (1, 8)))
-    assert healthy.findings()[0].status == "pass"
+    assert nonfinite.analyze_activations(healthy.first)[0].status == "pass"
 
 
 def test_default_profile_carries_every_analyzer_threshold_with_its_source():
-    from workbench.settings import load_profile
+    from workbench.analyzers import default_thresholds, merged_thresholds, threshold_sources
 
-    profile = load_profile("default")
     for module in (saturation, routing_collapse, length_extrapolation):
-        assert set(profile.thresholds[module.NAME]) == set(module.THRESHOLDS)
-        for name, (value, source) in module.THRESHOLDS.items():
-            assert profile.thresholds[module.NAME][name] == value
-            assert profile.threshold_sources[module.NAME][name] == source
+        values, sources = default_thresholds(module.NAME), threshold_sources(module.NAME)
+        assert values and set(values) == set(sources)
+        assert all(len(source) > 20 for source in sources.values())  # a real sentence, not a stub
+        # the analyzer reads exactly these, and a profile's override wins
+        assert module.thresholds_from(None) == values
+        name = next(iter(values))
+        assert merged_thresholds(module.NAME, {name: 123})[name] == 123

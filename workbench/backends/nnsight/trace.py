@@ -45,183 +45,26 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
+from workbench.backends.nnsight.layout import HFLayout, LayerParts, _envoy, describe
 from workbench.errors import BackendError
-from workbench.model.context import CHUNK_ROWS, AttentionChunk, ForwardContext, chunk_rows
+from workbench.model.context import CHUNK_ROWS, AttentionChunk, ForwardContext, chunk_keys, query_chunks
+from workbench.model.mlp import route
 from workbench.recorders import Recording
-from workbench.recorders.attention import AttentionRecorder, PatternRequest, chunk_keys
+from workbench.recorders.attention import AttentionRecorder, PatternRequest
 from workbench.recorders.loss import LossRecord, chunked_loss
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 from workbench.recorders.residual import ResidualRecord, logit_lens, write_stats
 from workbench.recorders.residual import lens_positions as pick_lens_positions
 from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
-MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe")
-ROUTER_NAMES = ("gate", "router")
 # Probability on keys the rebuilt mask hides above this means the mask is not the model's.
 MASK_LEAK_TOLERANCE = 1e-4
-
-
-
-@dataclass(frozen=True)
-class LayerParts:
-    """Where the parts of one decoder layer are, as attribute paths relative to the layer."""
-
-    index: int
-    attention: str
-    mlp: str | None
-    router: str | None  # e.g. "mlp.gate"; None for a dense layer
-    window: int | None  # sliding window of this layer's attention (None: full causal)
-
-
-@dataclass(frozen=True)
-class HFLayout:
-    """The generic description of a transformers decoder the backend records from."""
-
-    layers_path: str  # e.g. "model.layers"
-    layers: tuple[LayerParts, ...]
-    final_norm_path: str  # e.g. "model.norm"
-    n_heads: int
-    d_head: int
-    scale: float
-    n_experts: int
-    top_k: int
-    norm_topk_prob: bool
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-
-def _class_name(module: nn.Module) -> str:
-    return type(module).__name__.lower()
-
-
-def _attention_child(layer: nn.Module) -> str | None:
-    for name, child in layer.named_children():
-        if "attention" in _class_name(child) and "norm" not in _class_name(child):
-            return name
-    return None
-
-
-def _mlp_child(layer: nn.Module, attention: str) -> str | None:
-    for name, _child in layer.named_children():
-        if name != attention and name in MLP_NAMES:
-            return name
-    for name, child in layer.named_children():
-        kind = _class_name(child)
-        if name != attention and any(word in kind for word in ("mlp", "moe", "feedforward", "experts")):
-            return name
-    return None
-
-
-def _router(layer: nn.Module, mlp: str | None, n_experts: int) -> str | None:
-    """The module inside the MLP that scores every expert: one weight row per expert."""
-    if mlp is None or n_experts == 0:
-        return None
-    for name, module in getattr(layer, mlp).named_modules():
-        if not name:
-            continue
-        named_like = name.split(".")[-1] in ROUTER_NAMES or "router" in _class_name(module)
-        weight = getattr(module, "weight", None)
-        per_expert = isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts
-        if named_like and per_expert:
-            return f"{mlp}.{name}"
-    return None
-
-
-def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The longest ``nn.ModuleList`` whose items all have an attention child, and its path."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if all(_attention_child(item) is not None for item in module):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    if best is None:
-        raise BackendError(
-            f"{type(model).__name__}: no list of decoder layers found (an nn.ModuleList of modules "
-            "that each have an attention child)"
-        )
-    return best
-
-
-def _final_norm(model: nn.Module, layers_path: str) -> str:
-    parent_path = layers_path.rpartition(".")[0]
-    parent = model.get_submodule(parent_path) if parent_path else model
-    norms = [name for name, child in parent.named_children() if "norm" in _class_name(child)]
-    if not norms:
-        raise BackendError(f"{type(model).__name__}: no final norm beside {layers_path}")
-    return f"{parent_path}.{norms[-1]}" if parent_path else norms[-1]
-
-
-def _text_config(model: nn.Module) -> Any:
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _first(config: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return default
-
-
-def _windows(config: Any, n_layers: int) -> list[int | None]:
-    """Per-layer sliding window from ``sliding_window`` and ``layer_types`` (transformers 5)."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False:
-        return [None] * n_layers
-    types = getattr(config, "layer_types", None)
-    if types:
-        return [window if kind == "sliding_attention" else None for kind in types[:n_layers]]
-    return [int(window)] * n_layers
-
-
-def describe(hf_model: nn.Module) -> HFLayout:
-    """Find the decoder layers, their parts, the final norm and the head sizes of ``hf_model``."""
-    layers_path, layers = find_layers(hf_model)
-    if getattr(hf_model, "config", None) is None:
-        raise BackendError(f"{type(hf_model).__name__}: not a transformers model (it has no config)")
-    config = _text_config(hf_model)
-    n_experts = int(_first(config, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
-                           default=0))
-    top_k = int(_first(config, "num_experts_per_tok", "moe_topk", "top_k", default=0))
-    windows = _windows(config, len(layers))
-    parts = []
-    for index, layer in enumerate(layers):
-        attention = _attention_child(layer)
-        mlp = _mlp_child(layer, attention)
-        parts.append(LayerParts(index, attention, mlp, _router(layer, mlp, n_experts), windows[index]))
-    n_heads = int(_first(config, "num_attention_heads", "n_head", "num_heads"))
-    d_head = int(_first(config, "head_dim", default=0) or _first(config, "hidden_size", "n_embd") // n_heads)
-    scale = getattr(getattr(layers[0], parts[0].attention), "scaling", None)
-    return HFLayout(
-        layers_path=layers_path,
-        layers=tuple(parts),
-        final_norm_path=_final_norm(hf_model, layers_path),
-        n_heads=n_heads,
-        d_head=d_head,
-        scale=float(scale) if isinstance(scale, int | float) else d_head**-0.5,
-        n_experts=n_experts,
-        top_k=top_k,
-        norm_topk_prob=bool(getattr(config, "norm_topk_prob", True)),
-    )
-
-
-def _envoy(root: Any, path: str) -> Any:
-    """The nnsight envoy at a dotted module path (``"model.layers"``, ``"mlp.gate"``)."""
-    for part in path.split(".") if path else []:
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
 
 
 @contextlib.contextmanager
@@ -297,12 +140,10 @@ class _Collector:
         visible_all = self.visible(part.window, weights.device)
         query_index = torch.arange(T, device=weights.device)
         padded = self.attention_mask is not None and not bool(self.attention_mask.all())
-        # The decoder's chunking (Attention._explicit with AttentionRecorder.set_sequence): about
-        # chunk_bytes of temporaries, and keys cut after the chunk's last query (causal).
+        # The decoder's chunking (the same query_chunks rule): about chunk_bytes of temporaries,
+        # and keys cut after the chunk's last query (causal).
         keys_budget = chunk_keys(self.chunk_bytes, B, H)
-        start = 0
-        while start < T:
-            stop = min(T, start + CHUNK_ROWS, start + chunk_rows(start, keys_budget))
+        for start, stop in query_chunks(T, 0, CHUNK_ROWS, keys_budget):
             visible = visible_all[:, :, start:stop]
             n = stop
             if n < S and padded and bool(visible[..., n:].any()):
@@ -321,7 +162,6 @@ class _Collector:
                     part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale, S
                 )
             )
-            start = stop
 
     def observe_router(self, part: LayerParts, output: Any) -> None:
         """Router output: transformers 5's ``(logits, scores, indices)`` or bare logits."""
@@ -331,10 +171,7 @@ class _Collector:
             logits, weights, indices = output
         else:
             logits = output[0] if isinstance(output, tuple) else output
-            probs = torch.softmax(logits.float(), dim=-1)
-            weights, indices = torch.topk(probs, k, dim=-1)
-            if self.layout.norm_topk_prob:
-                weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights, indices = route(logits.float(), k, self.layout.norm_topk_prob)
         accumulate(
             self.routing[part.index],
             logits.reshape(B, T, E),
@@ -429,7 +266,7 @@ def record_hf(
     are those of :func:`workbench.record` (routing is None for a dense model); see the module
     docstring for what is read and how.
     """
-    from nnsight import NNsight
+    from nnsight import NNsight  # noqa: PLC0415 - nnsight is imported only when a model is traced
 
     if isinstance(hf_model, NNsight):
         traced, hf_model = hf_model, hf_model._module
@@ -502,14 +339,3 @@ def attention_weights_bytes(
     return n_layers * n_heads * batch * n_tokens * n_tokens * dtype_bytes
 
 
-__all__ = [
-    "BackendError",
-    "HFLayout",
-    "LayerParts",
-    "attention_weights_bytes",
-    "decompose",
-    "describe",
-    "eager_attention",
-    "find_layers",
-    "record_hf",
-]

@@ -18,9 +18,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SEQ_LEN, VOCAB
+from helpers import SEQ_LEN, VOCAB
 
 import workbench
+from workbench.model.context import AttentionOptions
 from workbench.model.hooks import attached_hook_count
 from workbench.recorders import PatternRequest, record
 from workbench.recorders.attention import STATS as ATTENTION_STATS
@@ -36,31 +37,22 @@ def _tokens(batch: int = 2, length: int = T, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _set_explicit(model, on: bool) -> None:
-    for attn in model.attention_modules():
-        attn.force_explicit = on
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("chunk_size", [256, 5])  # one chunk, or three of up to 5 query rows
 @pytest.mark.parametrize("name", ["llama", "window", "alibi", "gpt2", "moe"])
 def test_recording_changes_no_logit(tiny_decoder, make_batch, name, chunk_size) -> None:
     model = tiny_decoder(name)
-    for attn in model.attention_modules():
-        attn.chunk_size = chunk_size
     tokens, mask, positions = make_batch(VOCAB)
     everything = dict(attention=True, residual=True, routing=True, loss=True,
                       patterns=[PatternRequest(0, 1)])
     fast = model(tokens, mask, position_ids=positions)
-    with record(model, **everything):
+    with model.attention_options(chunk_rows=chunk_size), record(model, **everything):
         recorded = model(tokens, mask, position_ids=positions)
     real = mask.bool()
     torch.testing.assert_close(recorded[real], fast[real], **LOGITS)
-    _set_explicit(model, True)  # the same explicit path, without recorders: bit-identical
-    try:
+    # the same explicit path, without recorders: bit-identical
+    with model.attention_options(explicit=True, chunk_rows=chunk_size):
         explicit = model(tokens, mask, position_ids=positions)
-    finally:
-        _set_explicit(model, False)
     assert torch.equal(recorded, explicit)
 
 
@@ -123,12 +115,11 @@ def test_chunked_statistics_equal_those_of_the_full_pattern(
 
     with model.hooks([(lambda n: n.endswith(("hook_pattern", "hook_attn_scores")), keep)]):
         model(tokens, mask, position_ids=positions)
-    for attn in model.attention_modules():
-        attn.chunk_size = chunk_size
-    with record(model, attention=True) as recording:
-        model(tokens, mask, position_ids=positions)
-        assert {attn.chunk_size for attn in model.attention_modules()} == {chunk_size}
-    assert {attn.chunk_size for attn in model.attention_modules()} == {chunk_size}  # restored
+    with model.attention_options(chunk_rows=chunk_size):
+        with record(model, attention=True) as recording:
+            model(tokens, mask, position_ids=positions)
+            assert model.current_attention_options.chunk_rows == chunk_size
+        assert model.current_attention_options.chunk_rows == chunk_size  # restored
     for layer, attn in enumerate(model.attention_modules()):
         visible = _visible(mask, tokens.shape[0], attn.window)
         pattern, scores = full["hook_pattern"][layer], full["hook_attn_scores"][layer]
@@ -147,10 +138,9 @@ def test_pattern_capture_respects_the_byte_budget(tiny_decoder) -> None:
     with model.hooks([("blocks.1.attn.hook_pattern", lambda t, p: patterns.append(t.clone()))]):
         model(tokens)
     requests = [PatternRequest(1, head, start=2, stop=T) for head in range(4)]
-    for attn in model.attention_modules():
-        attn.chunk_size = 3
     budget = 1000  # bytes; each chunk of one head is 3 rows x 12 keys x 4 bytes = 144
-    with record(model, attention=True, patterns=requests, pattern_budget_bytes=budget) as recording:
+    with model.attention_options(chunk_rows=3), record(model, attention=True, patterns=requests,
+                                                       pattern_budget_bytes=budget) as recording:
         model(tokens)
     kept = recording.attention.patterns
     assert sum(pattern.numel() * 4 for pattern in kept.values()) <= budget
@@ -293,11 +283,9 @@ def test_logit_lens(tiny_decoder) -> None:
     assert torch.equal(from_logits.residual.lens_top1, subsampled.residual.lens_top1)
 
 
-def _assert_detached(model, chunk_size: int = 256) -> None:
+def _assert_detached(model) -> None:
     assert attached_hook_count(model) == 0
-    assert all(attn.observer is None for attn in model.attention_modules())
-    for attn in model.attention_modules():
-        assert attn.chunk_size == chunk_size and attn.chunk_keys is None
+    assert model.current_attention_options == AttentionOptions()  # no observer, no chunk budget
 
 
 @torch.no_grad()
@@ -367,3 +355,17 @@ def test_row_max_equals_max(n) -> None:
     expected_values, expected_indices = x.max(dim=-1)
     assert torch.equal(values, expected_values) and torch.equal(indices, expected_indices)
     assert indices[0, 0, 0] == 0 and indices[0, 0, 1] == 0
+
+
+@torch.no_grad()
+def test_nested_attention_recording_is_an_error_and_the_outer_record_survives(tiny_decoder) -> None:
+    model = tiny_decoder("llama")
+    with record(model, attention=True) as outer:
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with record(model, attention=True):
+                pass
+        with record(model, residual=True) as inner:  # recorders without attention stack
+            model(_tokens())
+    assert outer.attention is not None and outer.attention.n_tokens == T
+    assert inner.residual is not None
+    _assert_detached(model)

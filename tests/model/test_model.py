@@ -84,11 +84,6 @@ def test_generate_is_greedy_argmax_of_full_forwards(name: str, tiny_decoder) -> 
 # --- the two attention paths ----------------------------------------------------------------
 
 
-def set_explicit(model, explicit: bool, chunk_size: int = 256) -> None:
-    for module in model.attention_modules():
-        module.force_explicit, module.chunk_size = explicit, chunk_size
-
-
 @pytest.mark.parametrize("chunk_size", [256, 5, 1])
 @pytest.mark.parametrize("name", DECODERS)
 def test_sdpa_equals_explicit(name: str, chunk_size: int, tiny_decoder, make_batch) -> None:
@@ -96,24 +91,22 @@ def test_sdpa_equals_explicit(name: str, chunk_size: int, tiny_decoder, make_bat
     input_ids, mask, position_ids = make_batch(model.config.vocab_size)
     with torch.no_grad():
         fast = model(input_ids, attention_mask=mask, position_ids=position_ids)
-        set_explicit(model, True, chunk_size)
-        explicit = model(input_ids, attention_mask=mask, position_ids=position_ids)
+        with model.attention_options(explicit=True, chunk_rows=chunk_size):
+            explicit = model(input_ids, attention_mask=mask, position_ids=position_ids)
     torch.testing.assert_close(real(explicit, mask), real(fast, mask), atol=ATOL, rtol=RTOL)
 
 
 def test_observer_sees_every_row_in_chunks(tiny_decoder) -> None:
     model = tiny_decoder("window")
-    seen: list[AttentionChunk] = []
-    attention = model.attention_modules()[1]
-    attention.observer, attention.chunk_size = seen.append, 5
+    every: list[AttentionChunk] = []
     tokens = torch.randint(0, model.config.vocab_size, (2, 12))
-    with torch.no_grad():
+    with torch.no_grad(), model.attention_options(observer=every.append, chunk_rows=5):
         observed = model(tokens)
-    attention.observer = None
     with torch.no_grad():
         torch.testing.assert_close(observed, model(tokens), atol=ATOL, rtol=RTOL)
+    assert [chunk.layer for chunk in every] == [0, 0, 0, 1, 1, 1]  # every layer, in order
+    seen = [chunk for chunk in every if chunk.layer == 1]
     assert [chunk.query_start for chunk in seen] == [0, 5, 10]
-    assert all(chunk.layer == 1 for chunk in seen)
     # A chunk leaves out the keys after its last query (their weight is 0): pad back to S.
     assert [chunk.probs.shape[-1] for chunk in seen] == [5, 10, 12]
     probs = torch.cat([F.pad(chunk.probs, (0, chunk.n_keys - chunk.probs.shape[-1])) for chunk in seen], dim=2)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    return run("smollm2", RunOptions(command="attention", profile="default"))
+    return run("smollm2", RunOptions(command="attention", profile="default")).report
 
 
 def test_no_saturation_failure_on_a_healthy_trained_model(report):
@@ -32,6 +32,6 @@ def test_sink_heads_are_reported_as_sinks(report):
 
 
 def test_routing_is_skipped_for_a_dense_model():
-    report = run("smollm2", RunOptions(command="routing", profile="ci", tokens=64))
+    report = run("smollm2", RunOptions(command="routing", profile="ci", tokens=64)).report
     statuses = {f["status"] for f in report["findings"] if f["analyzer"] == "routing_collapse"}
     assert statuses == {"skip"}

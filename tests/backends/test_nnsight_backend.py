@@ -21,12 +21,13 @@ import math
 import pytest
 import torch
 import transformers
-from conftest import VOCAB, FamilyCase
+from helpers import VOCAB, FamilyCase
 
 import workbench
 from workbench.backends.nnsight import BackendError, describe, record_hf
+from workbench.backends.nnsight import layout as nnsight_layout
+from workbench.backends.nnsight import trace as nnsight_backend
 from workbench.model.hooks import attached_hook_count
-from workbench.recorders import nnsight_backend
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 
@@ -219,7 +220,7 @@ def test_backend_equals_the_hooked_decoder_with_left_padding(family_cases, make_
 
 def test_a_wrong_mask_is_detected(family_cases, monkeypatch) -> None:
     hf = family_cases["llama"].hf_model()
-    monkeypatch.setattr(nnsight_backend, "_windows", lambda config, n_layers: [2] * n_layers)
+    monkeypatch.setattr(nnsight_layout, "_windows", lambda config, n_layers: [2] * n_layers)
     with pytest.raises(BackendError, match="keys the causal/window/padding mask hides"):
         record_hf(hf, _tokens())
 

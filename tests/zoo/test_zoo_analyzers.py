@@ -14,7 +14,7 @@ from workbench import zoo
 from workbench.pipeline.run import RunOptions, run
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def members(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def reports(members) -> dict[str, dict]:
-    return {name: run(str(path), RunOptions(command="check", profile="default")) for name, path in members.items()}
+    return {name: run(str(path), RunOptions(command="check", profile="default")).report for name, path in members.items()}
 
 
 def matches(finding: dict, where) -> bool:

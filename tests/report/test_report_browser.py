@@ -200,7 +200,7 @@ def test_a_real_pipeline_report_with_a_hostile_prompt(browser: Any, tmp_path: Pa
                            n_experts=4, top_k=2, name="<script>window.__xss=9</script>")
     folder = save_checkpoint(HookedDecoder(config), tmp_path / "ckpt")
     prompt = " ".join(HOSTILE_STRINGS)
-    report = run(str(folder), RunOptions(command="diagnose", profile="ci", prompt=prompt))
+    report = run(str(folder), RunOptions(command="diagnose", profile="ci", prompt=prompt)).report
     loaded = open_report(browser, report, tmp_path / "report.html")
     page = loaded.page
     assert loaded.requests == [] and loaded.console_errors == [] and loaded.page_errors == []

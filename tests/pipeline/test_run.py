@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench.backends.native import NativeBackend
 from workbench.config import DecoderConfig
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
+from workbench.pipeline import guard
 from workbench.pipeline.run import RunError, RunOptions, run, write
 from workbench.report.schema import strip_time_fields, validate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_checkpoint(folder: Path, **overrides) -> Path:
@@ -39,7 +41,7 @@ def test_same_inputs_give_byte_identical_reports_apart_from_time_fields(tiny, tm
     texts = []
     for name in ("a", "b"):
         options = RunOptions(command="diagnose", profile="ci", trace_dir=tmp_path / f"trace-{name}")
-        folder = write(run(str(tiny), options), tmp_path / name, options)
+        folder = write(run(str(tiny), options), tmp_path / name)
         texts.append((folder / "report.json").read_text())
     first, second = (json.loads(t) for t in texts)
     assert first["time_fields"] == second["time_fields"] and "run.created_utc" in first["time_fields"]
@@ -50,15 +52,15 @@ def test_same_inputs_give_byte_identical_reports_apart_from_time_fields(tiny, tm
 
 def test_two_runs_never_overwrite_each_other(tiny, tmp_path):
     options = RunOptions(command="attention", profile="ci")
-    report = run(str(tiny), options)
-    first = write(report, None, options, reports_root=tmp_path)
-    second = write(report, None, options, reports_root=tmp_path)
+    result = run(str(tiny), options)
+    first = write(result, None, reports_root=tmp_path)
+    second = write(result, None, reports_root=tmp_path)
     assert first != second and first.is_dir() and second.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])  # no temp left
 
 
 def test_report_validates_and_carries_every_section(tiny):
-    report = run(str(tiny), RunOptions(command="diagnose", profile="ci"))
+    report = run(str(tiny), RunOptions(command="diagnose", profile="ci")).report
     assert validate(json.loads(json.dumps(report, default=str).replace("NaN", "null"))) == []
     for section in ("attention", "residual", "length", "kv", "timing"):
         assert report[section] is not None, section
@@ -72,18 +74,18 @@ def test_a_probe_too_large_for_the_host_is_refused_before_allocating():
 
 def test_learned_positions_past_the_table_are_a_finding_not_a_crash(tmp_path):
     folder = make_checkpoint(tmp_path / "learned", positions="learned", max_positions=32)
-    report = run(str(folder), RunOptions(command="extrapolation", profile="ci"))
+    report = run(str(folder), RunOptions(command="extrapolation", profile="ci")).report
     table = [f for f in report["findings"] if f["check"] == "position_table"]
     assert table and table[0]["status"] == "fail" and "past the learned position table" in table[0]["message"]
 
 
 def test_sliding_window_past_the_window_and_length_one(tmp_path):
     folder = make_checkpoint(tmp_path / "window", sliding_window=8, max_positions=64)
-    report = run(str(folder), RunOptions(command="attention", profile="ci", tokens=40))
+    report = run(str(folder), RunOptions(command="attention", profile="ci", tokens=40)).report
     assert report["attention"]["n_tokens"] == 40
     # the farthest a query can look is window - 1 tokens back
     assert max(max(row) for layer in report["attention"]["by_position"]["mean_distance"] for row in layer) <= 7
-    one = run(str(folder), RunOptions(command="attention", profile="ci", tokens=2))
+    one = run(str(folder), RunOptions(command="attention", profile="ci", tokens=2)).report
     assert [f["status"] for f in one["findings"] if f["analyzer"] == "attention_saturation"] == ["skip"]
 
 
@@ -131,13 +133,11 @@ def test_sigterm_is_treated_like_an_interrupt(tmp_path):
 
 
 def test_cuda_out_of_memory_becomes_a_run_error_with_the_largest_length(tiny, monkeypatch):
-    import workbench.pipeline.run as pipeline
-
     def explode(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(pipeline, "_run", explode)
-    monkeypatch.setattr(pipeline, "device_memory_bytes", lambda device: 16 * 2**30)
+    monkeypatch.setattr(NativeBackend, "load", explode)
+    monkeypatch.setattr(guard, "device_memory_bytes", lambda device: 16 * 2**30)
     with pytest.raises(RunError, match=r"out of memory on cuda:0 with a 4,096-token probe; the largest probe "
                                        r"that fits is about [\d,]+ tokens"):
         run(str(tiny), RunOptions(command="attention", device="cuda:0", tokens=4096))

@@ -1,0 +1,161 @@
+"""The pipeline's steps: the main probe, analysing its records, the length sweep, the KV plan, timing.
+
+Each step takes what it needs and returns findings (and fills its report section); none prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.analyzers import kv_memory, length_extrapolation, routing_collapse, saturation
+from workbench.config import DecoderConfig
+from workbench.errors import InputError, PlanError, RunError
+from workbench.findings import Finding
+from workbench.inputs import ProbeInput, make_probe, natural_text_tokens
+from workbench.measurements.length import run_length_sweep, sweep_lengths
+from workbench.measurements.timing import profile_forward
+from workbench.pipeline.commands import PATTERN_ROWS
+from workbench.recorders import PatternRequest, Recording
+from workbench.settings import Device, Profile, get_device, list_devices
+
+# The KV section plots these devices (plus the deployment's) when they are in the catalog.
+KV_DEVICES = ("h100-sxm", "a100-40gb", "l4", "t4", "rtx4090", "cpu")
+
+
+def main_probe(options: Any, profile: Profile, vocab_size: int, positions: str, max_positions: int,
+               tokenizer: Any, seed: int) -> ProbeInput:
+    """The probe every recorder sees: the user's text, else natural text of the profile's length."""
+    length = options.tokens or int(profile.probes["tokens"])
+    if length < 2:
+        raise RunError(f"--tokens must be at least 2, got {length}")
+    cap = max(int(profile.probes["max_tokens"]), length if options.tokens else 0)
+    if positions == "learned":
+        length = min(length, max_positions)
+    try:
+        if options.prompt is not None:
+            return make_probe("user", length, tokenizer=tokenizer, vocab_size=vocab_size, text=options.prompt)
+        return make_probe("natural", min(length, cap), tokenizer=tokenizer, vocab_size=vocab_size, seed=seed)
+    except InputError as error:
+        raise RunError(str(error)) from None
+
+
+def pattern_requests(n_layers: int, n_heads: int, length: int) -> list[PatternRequest]:
+    """Keep every head's full pattern over the first PATTERN_ROWS query rows."""
+    rows = min(length, PATTERN_ROWS)
+    return [PatternRequest(layer, head, 0, rows) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def analyze_records(recording: Recording | None, n_experts: int, profile: Profile, wanted: set[str],
+                    sections: dict[str, Any], probe: ProbeInput, labels: list[str]) -> list[Finding]:
+    """Findings and report sections from the main probe's records."""
+    findings: list[Finding] = []
+    if recording is None:
+        return findings
+    if "attention" in wanted:
+        findings += saturation.analyze(recording.attention, profile.thresholds.get(saturation.NAME))
+        if recording.attention is not None:
+            sections["attention"] = {**recording.attention.to_dict(), "probe": probe.name,
+                                     "token_labels": labels}
+    if "residual" in wanted and recording.residual is not None:
+        sections["residual"] = {**recording.residual.to_dict(), "probe": probe.name}
+        if recording.loss is not None:
+            sections["residual"]["loss"] = recording.loss.to_dict()
+    if "routing" in wanted:
+        findings += routing_collapse.analyze(recording.routing, profile.thresholds.get(routing_collapse.NAME),
+                                             is_moe=n_experts > 0)
+        if recording.routing is not None:
+            sections["routing"] = recording.routing.to_dict()
+    return findings
+
+
+def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, seed: int,
+           sections: dict[str, Any], say: Any) -> list[Finding]:
+    """The length sweep around the claimed context, its findings and the report's length section."""
+    probes = profile.probes
+    lengths, skipped = sweep_lengths(config.max_positions, list(probes["extrapolation_factors"]),
+                                     list(probes["lengths"]), int(probes["max_tokens"]))
+
+    def natural(n_tokens: int, probe_seed: int) -> torch.Tensor:
+        return natural_text_tokens(tokenizer, n_tokens, batch=int(probes["batch"]), seed=probe_seed,
+                                   vocab_size=config.vocab_size)
+
+    record = run_length_sweep(model, lengths, natural=natural, vocab_size=config.vocab_size,
+                              block_len=int(probes["repeat_block"]), seed=seed, batch=int(probes["batch"]),
+                              skipped=skipped, progress=say)
+    findings = length_extrapolation.analyze(record, profile.thresholds.get(length_extrapolation.NAME))
+    section = record.to_dict()
+    effective = {}
+    for finding in findings:
+        if finding.check.startswith("loss_beyond_context_"):
+            effective[finding.check.removeprefix("loss_beyond_context_")] = finding.details.get("effective_context")
+    for entry in section["probes"]:
+        match = next(p for p in record.probes if p.kind == entry["kind"] and p.length == entry["length"])
+        if match.loss is not None:
+            inside, beyond = length_extrapolation.levels(match, record.boundary)
+            entry["in_context_loss"] = None if inside != inside else round(inside, 4)
+            entry["beyond_loss"] = None if beyond != beyond else round(beyond, 4)
+        else:
+            entry["in_context_loss"] = entry["beyond_loss"] = None
+    section["effective_context"] = effective
+    sections["length"] = section
+    return findings
+
+
+def kv_curves(config: DecoderConfig, devices: list[Device], batch: int,
+              kv_dtype: str | None) -> list[dict[str, Any]]:
+    """Total memory against context on each device, for the report's KV chart."""
+    contexts = sorted({2**k for k in range(8, 25) if 2**k <= 4 * config.max_positions} | {config.max_positions})
+    out = []
+    for device in devices:
+        curve = []
+        result = None
+        for context in contexts:
+            try:
+                result = kv_memory.plan(config, device, batch=batch, context=context, kv_dtype=kv_dtype)
+            except PlanError:
+                break
+            curve.append({"context": context, "total_bytes": result.total_bytes, "kv_bytes": result.kv_bytes,
+                          "weights_bytes": result.weights_bytes})
+        if result is None:
+            continue
+        out.append({"name": device.name, "usable_bytes": result.device_bytes,
+                    "memory_bytes": device.memory_bytes, "curve": curve, "max_context": result.max_context})
+    return out
+
+
+def kv(config: DecoderConfig, profile: Profile, sections: dict[str, Any]) -> list[Finding]:
+    """The KV plan of the profile's deployment, its findings and the report's KV section."""
+    deployment = profile.deployment
+    device = get_device(deployment.device)
+    context = deployment.context or config.max_positions
+    thresholds = profile.thresholds.get("kv_memory")
+    findings = kv_memory.analyze(config, device, deployment.batch, context, kv_dtype=deployment.kv_dtype,
+                                 tp=deployment.tp, utilization=deployment.utilization,
+                                 block_size=deployment.block_size, prefill_chunk=deployment.prefill_chunk,
+                                 thresholds=thresholds)
+    result = kv_memory.plan(config, device, batch=deployment.batch, context=context,
+                            kv_dtype=deployment.kv_dtype, tp=deployment.tp, utilization=deployment.utilization,
+                            block_size=deployment.block_size, prefill_chunk=deployment.prefill_chunk,
+                            thresholds=thresholds)
+    names = [deployment.device] + [n for n in KV_DEVICES if n in list_devices() and n != deployment.device]
+    sections["kv"] = {"batch": deployment.batch, "kv_dtype": result.to_dict().get("kv_dtype") or "auto",
+                      "plan": result.to_dict(),
+                      "devices": kv_curves(config, [get_device(n) for n in names], deployment.batch,
+                                           deployment.kv_dtype)}
+    return findings
+
+
+def timing(model: Any, probe: ProbeInput, trace_dir: Path) -> dict[str, Any]:
+    """Profile the main probe's forward; traces go to ``trace_dir``."""
+
+    def forward(m: Any, tokens: torch.Tensor) -> Any:
+        with torch.no_grad():
+            return m.hidden(tokens)
+
+    record = profile_forward(model, probe.tokens, out_dir=trace_dir, run_name="forward", forward=forward)
+    data = record.to_dict()
+    data["trace"] = {"tensorboard_dir": data.get("trace_dir"), "chrome_trace": data.get("chrome_trace")}
+    return data

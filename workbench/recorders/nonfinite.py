@@ -1,0 +1,96 @@
+"""Where NaN or Inf sits: in the weights (a scan) or arising in activations (a watch).
+
+Weights are scanned tensor by tensor; activations are watched at every hook point during one
+forward, in execution order, and the first hook point whose output is not finite is kept.
+:mod:`workbench.analyzers.nonfinite` turns both records into findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class NonfiniteTensor:
+    """A tensor (weight name or hook point) holding ``count`` of ``total`` values that are NaN/Inf."""
+
+    name: str
+    count: int
+    total: int
+
+
+def scan_weights(model: torch.nn.Module) -> list[NonfiniteTensor]:
+    """Every floating-point weight of ``model`` that holds a NaN or an Inf, in state-dict order."""
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(NonfiniteTensor(name, count, tensor.numel()))
+    return bad
+
+
+class ActivationWatch:
+    """Records the first hook point (in execution order) whose output is not finite.
+
+    ``hooks()`` gives the (selector, function) pair to attach; ``first`` holds the record.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.first: NonfiniteTensor | None = None
+
+    def hooks(self) -> list[tuple[Any, Any]]:
+        def watch(tensor: torch.Tensor, point: Any) -> None:
+            if self.first is None and tensor.is_floating_point():
+                bad = ~torch.isfinite(tensor)
+                if bool(bad.any()):
+                    self.first = NonfiniteTensor(point.name, int(bad.sum()), tensor.numel())
+
+        # Scores and patterns hold -inf / 0 by design where keys are masked, and hooking them
+        # would force the O(T^2) attention path: they are not watched.
+        skipped = ("hook_tokens", "hook_attn_scores", "hook_pattern")
+        return [(lambda name: not name.endswith(skipped), watch)]
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class ModuleWatch:
+    """The same watch for any ``nn.Module`` tree (a transformers model): forward hooks on every
+    submodule record the first, in execution order, whose output is not finite. A context manager:
+    the hooks are removed on exit."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.first: NonfiniteTensor | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ModuleWatch:
+        for name, module in self.model.named_modules():
+            if name:
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def watch(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            tensor = _first_tensor(output)
+            if self.first is None and tensor is not None and tensor.is_floating_point():
+                bad = ~torch.isfinite(tensor)
+                if bool(bad.any()):
+                    self.first = NonfiniteTensor(name, int(bad.sum()), tensor.numel())
+
+        return watch

@@ -1,0 +1,225 @@
+"""The zoo's members: each one's config, task, training recipe and ground truth (what must be flagged where)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workbench.config import DecoderConfig
+from workbench.findings import Where
+from workbench.zoo.tasks import (
+    _TEXT_AND_TOPICS,
+    TRAINED_CONTEXT,
+    VOCAB_SIZE,
+    CopyTask,
+    Task,
+    TopicTask,
+)
+
+InitKind = Literal["default", "unit_qk", "skewed_router"]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What an analyzer must report for a member.
+
+    ``analyzer`` and ``check`` are the names the analyzer gives its findings
+    (``Finding.analyzer``, ``Finding.check``). ``status`` is "fail" for a pathological member and
+    None for a healthy one (no finding of that check may fail). ``where`` lists the places the
+    failing findings point at: the fields that are set must match (for length findings, the
+    range starts at the trained context; its end is the probe's length). ``note`` says by how much.
+    """
+
+    analyzer: str
+    check: str
+    status: Literal["fail"] | None
+    where: tuple[Where, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """One zoo member: what it is, how it is made, what must be found in it."""
+
+    name: str
+    description: str
+    config: DecoderConfig
+    expect: GroundTruth
+    healthy_twin: str | None = None
+    task: Task = field(default_factory=CopyTask)
+    steps: int = 600
+    learning_rate: float = 6e-3
+    warmup_steps: int = 100
+    init: InitKind = "default"
+    balance_loss: float = 0.0  # coefficient of the Switch load-balancing loss; 0 = none
+
+
+def _config(name: str, **changes: object) -> DecoderConfig:
+    """The zoo's base shape: 2 layers, 4 heads of 32, d_model 64, RoPE, a 64-token context."""
+    base = DecoderConfig(
+        vocab_size=VOCAB_SIZE,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_head=32,
+        d_mlp=128,
+        max_positions=TRAINED_CONTEXT,
+        positions="rope",
+        name=name,
+    )
+    return base.replace(**changes)
+
+
+_SATURATION = dict(n_heads=2, d_head=128)
+
+
+# top-1 with the chosen probability renormalised (Mixtral's norm_topk_prob): the gate weight is
+# exactly 1, so the router learns nothing from the task and only a balancing loss can move it.
+_MOE = dict(n_experts=4, top_k=1, norm_topk_prob=True, d_mlp=64, norm="layernorm")
+
+
+_BOTH_LAYERS = range(2)
+
+
+_PAST_CONTEXT = (TRAINED_CONTEXT, 8 * TRAINED_CONTEXT)
+
+
+MEMBERS: dict[str, ZooSpec] = {
+    spec.name: spec
+    for spec in (
+        ZooSpec(
+            name="unscaled-attention",
+            description=(
+                "Attention logits q.k are not divided by sqrt(d_head) (attn_scale=1.0, d_head=128) "
+                "and q, k start with unit-variance entries, so the logits' standard deviation is "
+                "sqrt(128) = 11 instead of 1 (27-53 after training): every head is near one-hot "
+                "from the first step and stays so, although the task is best solved by attending "
+                "broadly. Measured: normalised entropy 0.03-0.06 and max probability over 0.9 "
+                "in every head; topic loss 3.0 nats against its twin's 2.4."
+            ),
+            config=_config("unscaled-attention", attn_scale=1.0, **_SATURATION),
+            expect=GroundTruth(
+                "attention_saturation",
+                "saturated_layer",
+                "fail",
+                tuple(Where(layer=layer, sublayer="attn") for layer in _BOTH_LAYERS),
+                note="both layers, every head: one-hot (> 90% on one key) at about 80% of the "
+                "positions of a 512-token natural probe; logit std 27-53",
+            ),
+            healthy_twin="scaled-attention",
+            task=TopicTask(),
+            steps=400,
+            init="unit_qk",
+        ),
+        ZooSpec(
+            name="scaled-attention",
+            description=(
+                "The healthy twin of unscaled-attention: the same init, task, seed and steps, "
+                "with the usual 1/sqrt(d_head) scaling. Its heads attend broadly: normalised "
+                "entropy 0.85-0.92, no head one-hot anywhere, logit std about 1."
+            ),
+            config=_config("scaled-attention", **_SATURATION),
+            expect=GroundTruth("attention_saturation", "saturated_layer", None),
+            task=TopicTask(),
+            steps=400,
+            init="unit_qk",
+        ),
+        ZooSpec(
+            name="moe-collapsed",
+            description=(
+                "4 experts, top-1 with a renormalised gate (so the router gets no gradient from "
+                "the task), in both layers, trained without a load-balancing loss from a router "
+                "that sends every token to expert 0: after training expert 0 still takes over "
+                "99% of the tokens in both layers and experts 1-3 are dead, never trained."
+            ),
+            config=_config("moe-collapsed", **_MOE),
+            expect=GroundTruth(
+                "routing_collapse",
+                "dead_experts",
+                "fail",
+                tuple(Where(layer=layer, expert=0, sublayer="moe") for layer in _BOTH_LAYERS),
+                note="both layers: expert 0 takes over 99% of the tokens, experts 1-3 under 1%",
+            ),
+            healthy_twin="moe-balanced",
+            task=_TEXT_AND_TOPICS,
+            steps=400,
+            init="skewed_router",
+        ),
+        ZooSpec(
+            name="moe-balanced",
+            description=(
+                "The healthy twin of moe-collapsed: the same skewed init, seed, task and steps, "
+                "trained with the Switch load-balancing loss E * sum_i(f_i * P_i) (coefficient "
+                "0.1): every expert gets 15-37% of the tokens in both layers, on natural text "
+                "and on random ids alike."
+            ),
+            config=_config("moe-balanced", **_MOE),
+            expect=GroundTruth("routing_collapse", "dead_experts", None),
+            task=_TEXT_AND_TOPICS,
+            steps=400,
+            init="skewed_router",
+            balance_loss=0.1,
+        ),
+        ZooSpec(
+            name="learned-positions",
+            description=(
+                "Learned absolute position embeddings with a 64-entry table (max_positions=64, "
+                "the training context), trained like rope-short and alibi (only the position "
+                "scheme differs): it copies in context (0.3-0.4 nats on blocks of 8-16 tokens), "
+                "and any input longer than 64 tokens raises IndexError: it cannot run past its "
+                "table at all."
+            ),
+            config=_config("learned-positions", positions="learned"),
+            expect=GroundTruth(
+                "length_extrapolation",
+                "position_table",
+                "fail",
+                (Where(positions=_PAST_CONTEXT),),
+                note="every probe longer than 64 tokens fails with IndexError; report it, do not crash",
+            ),
+        ),
+        ZooSpec(
+            name="rope-short",
+            description=(
+                "RoPE trained on the copy task at a 64-token context. In context it copies any "
+                "block length well (0.3-0.4 nats); past it, it degrades. Measured on repeated "
+                "blocks of 32: 0.39 nats at 64 tokens, 1.26 at 256, 2.45 at 512; with blocks of "
+                "half the length (copy distances it never saw): 1.9 at 128, 5.1 at 256, 6.4 at "
+                "512, worse than guessing (4.85)."
+            ),
+            config=_config("rope-short"),
+            expect=GroundTruth(
+                "length_extrapolation",
+                "loss_beyond_context_repeated",
+                "fail",
+                (Where(positions=_PAST_CONTEXT),),
+                note="repeated blocks of 32 (seeds 0-2): +0.9-1.2 nats (2.4-3.2x) at 256 tokens, "
+                "+2.1-2.3 nats (3.7-6.2x) at 512; blocks of length/2: +4.5-6 nats from 256 on",
+            ),
+            healthy_twin="alibi",
+        ),
+        ZooSpec(
+            name="alibi",
+            description=(
+                "The healthy twin of rope-short: ALiBi, the same task, seed, steps and 64-token "
+                "context. Its recency bias keeps the copy loss past the trained length near its "
+                "in-context level. Measured on repeated blocks of 32: 0.76 nats at 64 tokens, "
+                "0.35 at 256, 0.31 at 512; blocks of half the length: 0.64 at 128, 0.71 at 256, "
+                "1.13 at 512."
+            ),
+            config=_config("alibi", positions="alibi"),
+            expect=GroundTruth("length_extrapolation", "loss_beyond_context_repeated", None),
+        ),
+    )
+}
+
+
+def ground_truth(name: str) -> GroundTruth:
+    """What an analyzer must report for member ``name`` (status None: nothing may fail)."""
+    return _spec(name).expect
+
+
+def _spec(name: str) -> ZooSpec:
+    if name not in MEMBERS:
+        raise KeyError(f"no zoo member {name!r}; choose one of {', '.join(MEMBERS)}")
+    return MEMBERS[name]

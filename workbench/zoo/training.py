@@ -1,0 +1,105 @@
+"""Training a zoo member: weight init, the optional load-balancing loss, the loop.
+
+Shape legend: B batch rows, T positions, V vocab, E experts, N tokens (B x T)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from workbench.model.decoder import HookedDecoder
+from workbench.model.hooks import hooks
+from workbench.zoo.specs import InitKind, ZooSpec
+
+TRAINING_THREADS = 1
+
+
+@contextlib.contextmanager
+def _training_threads() -> Iterator[None]:
+    """Train on one CPU thread; restore the caller's setting after.
+
+    These models are so small that a second thread mostly adds synchronisation: on a 2-core
+    machine shared with other processes, two threads made a training step 10-30x slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _init_weights(model: HookedDecoder, init: InitKind) -> None:
+    """Apply the member's init on top of the module defaults (draws from the global RNG)."""
+    config = model.config
+    with torch.no_grad():
+        if init == "unit_qk":
+            # q and k entries of unit variance, the init 1/sqrt(d_head) scaling is designed for
+            for attn in model.attention_modules():
+                attn.q.weight.normal_(0.0, config.d_model**-0.5)
+                attn.k.weight.normal_(0.0, config.d_model**-0.5)
+        elif init == "skewed_router":
+            # LayerNorm's bias is a vector in every token's router input: point it, and the
+            # router's expert-0 row, along one direction, and expert 0 wins every token at
+            # step 0 (logit ~4 against ~0, probability ~0.95) whatever the token.
+            for block in model.blocks:
+                direction = torch.randn(config.d_model)
+                direction /= direction.norm()
+                block.ln2.bias.copy_(4.0 * direction)
+                router_ED = block.mlp.router.weight
+                router_ED.normal_(0.0, 0.02)
+                router_ED[0] += direction
+
+
+def _balance_loss(router_logits: list[torch.Tensor], n_experts: int) -> torch.Tensor:
+    """Switch Transformer's E * sum_i f_i * P_i, averaged over MoE layers.
+
+    f_i: the fraction of tokens whose top-1 expert is i (no gradient); P_i: the mean router
+    probability of expert i. Equals 1 when routing is uniform.
+    """
+    losses = []
+    for logits in router_logits:  # (B, T, E)
+        probs_NE = torch.softmax(logits.reshape(-1, n_experts).float(), dim=-1)
+        top1_N = probs_NE.argmax(dim=-1)
+        fraction_E = torch.bincount(top1_N, minlength=n_experts).float() / top1_N.numel()
+        losses.append(n_experts * (fraction_E * probs_NE.mean(dim=0)).sum())
+    return torch.stack(losses).mean()
+
+
+def _train(model: HookedDecoder, spec: ZooSpec, generator: torch.Generator, steps: int) -> float:
+    """Train ``model`` in place with AdamW, warm-up then cosine decay; return the last loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
+    vocab = model.config.vocab_size
+    router_logits: list[torch.Tensor] = []
+
+    def keep_logits(logits: torch.Tensor, hook: object) -> None:
+        router_logits.append(logits)
+
+    capture = (
+        [(lambda name: name.endswith("mlp.hook_router_logits"), keep_logits)] if spec.balance_loss else []
+    )
+    model.train()
+    loss = torch.tensor(float("nan"))
+    with hooks(model, capture):
+        for step in range(steps):
+            tokens_BT, first = spec.task.sample(vocab, generator)
+            router_logits.clear()
+            logits_BTV = model(tokens_BT)
+            # position t predicts t + 1; only targets from `first` on carry loss
+            predicted = logits_BTV[:, first - 1 : -1].reshape(-1, vocab)
+            loss = F.cross_entropy(predicted, tokens_BT[:, first:].reshape(-1))
+            total = loss
+            if spec.balance_loss:
+                total = loss + spec.balance_loss * _balance_loss(router_logits, model.config.n_experts)
+            warmup = min(1.0, (step + 1) / spec.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = spec.learning_rate * warmup * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+    model.eval()
+    return loss.item()
