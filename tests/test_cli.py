@@ -177,7 +177,8 @@ def bad_inputs(tmp: Path, tiny: Path, hf_tiny: Path) -> list[tuple[str, list[str
     (unknown / "config.json").write_text(json.dumps({"model_type": "falcon"}))
     cases.append(("unknown model_type", ["diagnose", str(unknown)],
                   f"error: {unknown / 'config.json'}: model_type 'falcon' is not supported by the hooked decoder "
-                  "(supported: bloom, gpt2, llama, mistral, mixtral, qwen2, qwen2_moe); the nnsight backend "
+                  "(supported: bloom, deepseek_v3, gemma2, gemma3_text, gpt2, llama, mistral, mixtral, mpt, phi3, "
+                  "qwen2, qwen2_moe, qwen3, qwen3_moe); the nnsight backend "
                   "(--backend nnsight) can still record it"))
     truncated = tmp / "truncated"
     truncated.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -18,7 +19,8 @@ from workbench.errors import ConfigError
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
 ActivationKind = Literal["gelu", "gelu_tanh", "silu", "relu"]
-RopeScalingKind = Literal["linear", "dynamic", "yarn", "llama3"]
+RopeScalingKind = Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
+RouterScoreKind = Literal["softmax", "sigmoid"]
 
 
 
@@ -36,7 +38,9 @@ class RopeScaling:
     high_freq_factor: float | None = None  # llama3
     beta_fast: float | None = None  # yarn
     beta_slow: float | None = None  # yarn
-    attention_factor: float | None = None  # yarn (mscale); None = the paper's default
+    attention_factor: float | None = None  # yarn (mscale), longrope; None = the paper's default
+    short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors, short inputs
+    long_factor: tuple[float, ...] | None = None  # longrope: used past original_max_positions
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,33 @@ class DecoderConfig:
     norm_topk_prob: bool = True  # renormalise the chosen experts' probabilities to sum to 1
     d_expert: int | None = None  # hidden width of each expert; None means d_mlp
     d_shared_expert: int = 0  # qwen2_moe: a dense expert every token uses, sigmoid-gated
-    # Multi-head latent attention (DeepSeek V2/V3): described for KV planning only.
+    # Routing variants (DeepSeek V3): sigmoid scores, a per-expert bias that only selects,
+    # top-k inside the best ``topk_groups`` of ``n_expert_groups`` groups, weights times a scale.
+    router_score: RouterScoreKind = "softmax"
+    router_bias: bool = False
+    n_expert_groups: int = 1
+    topk_groups: int = 1
+    routed_scale: float = 1.0
+    shared_expert_gate: bool = True  # qwen2_moe's sigmoid gate on the shared expert (DeepSeek: none)
+    # Multi-head latent attention (DeepSeek V2/V3). d_head is then the no-RoPE part of each query
+    # and key head (qk_nope_head_dim); queries and keys add mla_rope_dim RoPE dims, the RoPE key
+    # is shared by all heads; values have d_head_v dims. The cache holds the latent + RoPE key.
     mla_kv_rank: int | None = None
     mla_rope_dim: int | None = None
+    mla_q_rank: int | None = None  # low-rank queries (q_lora_rank); None: one full projection
+    d_head_v: int | None = None  # value head size; None means d_head
+    # Family mechanisms, each off by default (see workbench/loading/families/).
+    qk_norm: bool = False  # Qwen3: RMSNorm over d_head on every query and key head, before RoPE
+    attn_softcap: float | None = None  # Gemma 2: scores -> cap * tanh(scores / cap) pre-softmax
+    final_softcap: float | None = None  # Gemma 2: the same on the output logits
+    post_norms: bool = False  # Gemma 2: a norm on each sublayer's output before the residual add
+    norm_offset: float = 0.0  # Gemma: RMSNorm multiplies by (norm_offset + weight)
+    norm_bias: bool = True  # LayerNorm with a bias (MPT's have none)
+    embed_scale: bool = False  # Gemma: token embeddings times sqrt(d_model)
+    local_rope_theta: float | None = None  # Gemma 3: sliding-window layers use this base, unscaled
+    rotary_dims: int | None = None  # partial RoPE (Phi-4-mini): rotate the first dims only; None: all
+    alibi_bias_max: float | None = None  # MPT's ALiBi slope rule with this bias; None: BLOOM's rule
+    clip_qkv: float | None = None  # MPT: q, k and v clamped to [-clip_qkv, clip_qkv]
     # Provenance, used by reports and the KV model.
     model_type: str = "workbench"
     dtype: str = "float32"  # the checkpoint's storage dtype
@@ -111,8 +139,66 @@ class DecoderConfig:
             raise ConfigError(f"top_k ({self.top_k}) must be in 1..n_experts ({self.n_experts})")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"sliding_window must be positive, got {self.sliding_window}")
-        if self.positions == "rope" and self.d_head % 2:
-            raise ConfigError(f"RoPE needs an even d_head, got {self.d_head}")
+        if self.positions == "rope" and self.rope_dim % 2:
+            raise ConfigError(f"RoPE needs an even number of rotated dims, got {self.rope_dim}")
+        self._check_mechanisms()
+
+    def _check_mechanisms(self) -> None:
+        for name in ("attn_softcap", "final_softcap", "clip_qkv", "alibi_bias_max", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+        if self.router_score not in get_args(RouterScoreKind):
+            raise ConfigError(f"router_score must be one of {get_args(RouterScoreKind)}, got {self.router_score!r}")
+        if self.n_experts:
+            groups, chosen = self.n_expert_groups, self.topk_groups
+            if groups < 1 or self.n_experts % groups or not 1 <= chosen <= groups:
+                raise ConfigError(
+                    f"n_expert_groups ({groups}) must divide n_experts ({self.n_experts}) and "
+                    f"topk_groups ({chosen}) be in 1..n_expert_groups"
+                )
+            if self.top_k > chosen * (self.n_experts // groups):
+                raise ConfigError(f"top_k ({self.top_k}) exceeds the experts in {chosen} of {groups} groups")
+            if groups > 1 and self.n_experts // groups < 2:
+                raise ConfigError("grouped routing needs at least 2 experts per group")
+        if self.mla_kv_rank is not None:
+            for name in ("mla_kv_rank", "mla_rope_dim"):
+                value = getattr(self, name)
+                if not isinstance(value, int) or value <= 0:
+                    raise ConfigError(f"MLA needs a positive integer {name}, got {value!r}")
+        if self.rotary_dims is not None and not (
+            isinstance(self.rotary_dims, int) and 0 < self.rotary_dims <= self.d_head
+        ):
+            raise ConfigError(f"rotary_dims must be in 1..d_head ({self.d_head}), got {self.rotary_dims!r}")
+        for name in ("mla_q_rank", "d_head_v"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        scaling = self.rope_scaling
+        if scaling is not None and scaling.kind == "longrope":
+            for name in ("short_factor", "long_factor"):
+                factors = getattr(scaling, name)
+                if factors is None or len(factors) != self.rope_dim // 2:
+                    raise ConfigError(f"longrope {name} needs {self.rope_dim // 2} values (rotated dims / 2)")
+            if not scaling.original_max_positions:
+                raise ConfigError("longrope needs original_max_positions")
+
+    @property
+    def rope_dim(self) -> int:
+        """Rotated dims per head: d_head, the first ``rotary_dims``, or MLA's separate RoPE part."""
+        if self.mla_kv_rank is not None and self.mla_rope_dim:
+            return self.mla_rope_dim
+        return self.rotary_dims or self.d_head
+
+    @property
+    def value_dim(self) -> int:
+        """Size of each value head (d_head except under MLA with its own v_head_dim)."""
+        return self.d_head_v or self.d_head
+
+    @property
+    def qk_dim(self) -> int:
+        """Size of each query and key head: d_head, plus MLA's RoPE part."""
+        return self.d_head + (self.mla_rope_dim or 0) if self.mla_kv_rank is not None else self.d_head
 
     @property
     def kv_heads(self) -> int:
@@ -131,7 +217,7 @@ class DecoderConfig:
     @property
     def scale(self) -> float:
         """Multiplier applied to q.k before the softmax."""
-        return self.d_head**-0.5 if self.attn_scale is None else self.attn_scale
+        return self.qk_dim**-0.5 if self.attn_scale is None else self.attn_scale
 
     def window_for_layer(self, layer: int) -> int | None:
         """The sliding window of ``layer`` (None: full causal attention)."""
@@ -166,7 +252,11 @@ class DecoderConfig:
             raise ConfigError(f"unknown DecoderConfig fields: {', '.join(unknown)}")
         data = dict(data)
         if isinstance(data.get("rope_scaling"), dict):
-            data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
+            scaling = dict(data["rope_scaling"])
+            for key in ("short_factor", "long_factor"):
+                if isinstance(scaling.get(key), list):
+                    scaling[key] = tuple(scaling[key])
+            data["rope_scaling"] = RopeScaling(**scaling)
         for key in ("moe_layers", "sliding_layers"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])

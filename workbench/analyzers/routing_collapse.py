@@ -14,6 +14,10 @@ and importance P_i (mean router probability):
 * ``router_entropy_norm``: mean router entropy / log E;
 * ``balance_loss``: the Switch auxiliary loss E * sum_i f_i P_i (1 when balanced, up to E when
   collapsed onto one expert).
+
+Routers are judged on what they select: f_i counts the experts actually chosen, so DeepSeek V3's
+selection-only bias (auxiliary-loss-free balancing) counts; for a sigmoid router P_i is its
+sigmoid scores normalised per token (see :mod:`workbench.recorders.routing`).
 """
 
 from __future__ import annotations

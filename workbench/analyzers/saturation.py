@@ -15,6 +15,11 @@ compared with ``max_logit_std``; it says *why* (an unscaled layer's logits are ~
 wider than a scaled one's).
 
 Positions before ``skip_positions`` see few keys and are left out of every mean.
+
+Family mechanisms are judged as the softmax sees them: a soft-capped model's (Gemma 2) logits
+and their std are the capped ones, which can never exceed the cap, and the findings say so; with
+QK-norm (Qwen3) each q and k head is RMS-normalised, so the logit width is set by the norm weights
+and the scale, not by the projections' growth, and the fix points there.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def _layer_findings(record: AttentionRecord, metrics, layer: int, t: dict[str, f
     saturated = [h for h in heads if h not in sinks and metrics["onehot_fraction"][layer, h] >= t["saturated_fraction"]]
     logit_std = float(torch.nanmedian(metrics["logit_std"][layer]))
     expected_factor = math.sqrt(record.d_head)
+    softcap, qk_norm = getattr(record, "softcap", None), getattr(record, "qk_norm", False)
+    seen = f" (scores after the model's soft-cap at {softcap:g}, as the softmax sees them)" if softcap else ""
     if sinks:
         strongest = max(sinks, key=lambda h: float(metrics["sink_mass"][layer, h]))
         masses = ", ".join(f"H{h} {float(metrics['sink_mass'][layer, h]):.0%}" for h in sinks)
@@ -98,12 +105,18 @@ def _layer_findings(record: AttentionRecord, metrics, layer: int, t: dict[str, f
             NAME, "saturated_layer", "fail",
             f"layer {layer}: {len(saturated)} of {record.n_heads} heads attend one-hot to content "
             f"tokens (head {worst} at {float(metrics['onehot_fraction'][layer, worst]):.0%} of positions)."
-            + scale_note,
+            + scale_note + seen,
             where=Where(layer=layer, head=worst, sublayer="attn"), metric="saturated_head_fraction",
             value=round(share, 4), threshold=t["layer_fraction"],
-            fix="Scale attention logits by 1/sqrt(d_head) before the softmax (check custom attention "
+            fix=(
+                "The model uses QK-norm, so q.k is bounded by the q_norm/k_norm weights times the "
+                f"scale {record.scale:.3g}: check those weights and attn_scale; if they are right, lower "
+                "the learning rate, and unit-test attention entropy on random inputs."
+                if qk_norm else
+                "Scale attention logits by 1/sqrt(d_head) before the softmax (check custom attention "
                 "code and attn_scale in the config); if the scale is right, lower the learning rate "
-                "or add QK-norm, and unit-test attention entropy on random inputs.",
+                "or add QK-norm, and unit-test attention entropy on random inputs."
+            ),
             details={"saturated_heads": saturated, "median_logit_std": round(logit_std, 4),
                      **_details(metrics, layer, worst)},
         ))
@@ -125,19 +138,21 @@ def _layer_findings(record: AttentionRecord, metrics, layer: int, t: dict[str, f
             findings.append(Finding(
                 NAME, "saturated_layer", "pass",
                 f"layer {layer}: no head is one-hot on content tokens "
-                f"(most one-hot: {float(metrics['onehot_fraction'][layer].max()):.0%} of positions)",
+                f"(most one-hot: {float(metrics['onehot_fraction'][layer].max()):.0%} of positions)" + seen,
                 where=Where(layer=layer, sublayer="attn"), metric="saturated_head_fraction",
                 value=0.0, threshold=t["layer_fraction"],
             ))
     if logit_std > t["max_logit_std"]:
         findings.append(Finding(
             NAME, "logit_scale", "warn",
-            f"layer {layer}: pre-softmax logits have median std {logit_std:.1f} across heads; "
+            f"layer {layer}: pre-softmax logits have median std {logit_std:.1f} across heads{seen}; "
             f"with 1/sqrt(d_head) scaling trained models stay near 1-6. Logits this wide push the "
             "softmax towards one-hot.",
             where=Where(layer=layer, sublayer="attn"), metric="median_logit_std",
             value=round(logit_std, 4), threshold=t["max_logit_std"],
-            fix=f"Check that q.k is multiplied by 1/sqrt(d_head) = {1 / expected_factor:.3f} "
-                f"(the model uses {record.scale:.3g}).",
+            fix=(f"With QK-norm the width comes from the q_norm/k_norm weights and the scale "
+                 f"{record.scale:.3g}: check those weights." if qk_norm else
+                 f"Check that q.k is multiplied by 1/sqrt(d_head) = {1 / expected_factor:.3f} "
+                 f"(the model uses {record.scale:.3g})."),
         ))
     return findings

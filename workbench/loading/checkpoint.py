@@ -101,7 +101,9 @@ def load_model(
     with torch.device("meta"):
         model = HookedDecoder(config)
     check_state_dict(model, state, label)
-    state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+    keep = model.fp32_tensor_names()
+    state = {name: tensor.to(torch.float32 if name in keep else dtype) if tensor.is_floating_point() else tensor
+             for name, tensor in state.items()}
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:

@@ -19,8 +19,9 @@ Convention (the one used by Kaplan et al. 2020, PaLM's MFU and most roofline too
   unembedding costs ``2 * tokens * d_model * vocab_size``.
 
 Shapes: B batch, T new tokens, P tokens already in the KV cache (``past_len``), N = B x T.
-Multi-head latent attention fields (``mla_kv_rank``) describe KV planning only; the hooked
-decoder runs plain attention, and so does this count.
+Multi-head latent attention (``mla_kv_rank``) is counted as the hooked decoder runs it: the
+query path (full, or down to ``mla_q_rank`` and up), the latent + RoPE-key projection, and the
+expansion of every key's latent (cached ones too) into per-head keys and values.
 """
 
 from __future__ import annotations
@@ -83,6 +84,24 @@ def _mlp_flops(config: DecoderConfig, tokens: int, d_hidden: int) -> int:
     return 2 * tokens * matrices * config.d_model * d_hidden
 
 
+def _mla_flops(config: DecoderConfig, batch: int, seq_len: int, past_len: int, pairs: int) -> dict[str, int]:
+    """Multi-head latent attention's matmuls (see the module docstring)."""
+    tokens, keys = batch * seq_len, batch * (past_len + seq_len)
+    d_model, heads, rank, rope = config.d_model, config.n_heads, config.mla_kv_rank, config.mla_rope_dim
+    d_qk, d_v = config.qk_dim, config.value_dim
+    if config.mla_q_rank is None:
+        queries = d_model * heads * d_qk
+    else:
+        queries = d_model * config.mla_q_rank + config.mla_q_rank * heads * d_qk
+    expand = keys * rank * heads * (config.d_head + d_v)
+    return {
+        "attn_qkv": 2 * tokens * (queries + d_model * (rank + rope)) + 2 * expand,
+        "attn_scores": 2 * pairs * heads * d_qk,
+        "attn_weighted_sum": 2 * pairs * heads * d_v,
+        "attn_out": 2 * tokens * heads * d_v * d_model,
+    }
+
+
 def layer_flops(
     config: DecoderConfig, layer: int, batch: int, seq_len: int, past_len: int = 0
 ) -> dict[str, int]:
@@ -91,16 +110,19 @@ def layer_flops(
     d_model, heads, kv_heads, d_head = config.d_model, config.n_heads, config.kv_heads, config.d_head
     pairs = batch * visible_pairs(seq_len, past_len, config.window_for_layer(layer))
     counts = dict.fromkeys(COMPONENTS, 0)
-    counts["attn_qkv"] = 2 * tokens * d_model * (heads + 2 * kv_heads) * d_head
-    # Every query head does its own q.k and p.v, whether or not its K/V head is shared (GQA).
-    counts["attn_scores"] = 2 * pairs * heads * d_head
-    counts["attn_weighted_sum"] = 2 * pairs * heads * d_head
-    counts["attn_out"] = 2 * tokens * heads * d_head * d_model
+    if config.mla_kv_rank is not None:
+        counts.update(_mla_flops(config, batch, seq_len, past_len, pairs))
+    else:
+        counts["attn_qkv"] = 2 * tokens * d_model * (heads + 2 * kv_heads) * d_head
+        # Every query head does its own q.k and p.v, whether or not its K/V head is shared (GQA).
+        counts["attn_scores"] = 2 * pairs * heads * d_head
+        counts["attn_weighted_sum"] = 2 * pairs * heads * d_head
+        counts["attn_out"] = 2 * tokens * heads * d_head * d_model
     if config.is_moe_layer(layer):
         counts["router"] = 2 * tokens * d_model * config.n_experts
         counts["experts"] = config.top_k * _mlp_flops(config, tokens, config.d_expert or config.d_mlp)
         if config.d_shared_expert:
-            gate = 2 * tokens * d_model
+            gate = 2 * tokens * d_model if config.shared_expert_gate else 0
             counts["shared_expert"] = _mlp_flops(config, tokens, config.d_shared_expert) + gate
     else:
         counts["mlp"] = _mlp_flops(config, tokens, config.d_mlp)

@@ -21,7 +21,9 @@ from workbench.config import DecoderConfig
 from workbench.model.context import AttentionChunk, ForwardContext, query_chunks
 from workbench.model.hooks import HookPoint
 from workbench.model.kv_cache import KVCache
+from workbench.model.norms import RMSNorm
 from workbench.model.positions import apply_rope
+from workbench.model.softcap import softcap
 
 
 class Attention(nn.Module):
@@ -33,11 +35,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.d_head = config.n_heads, config.kv_heads, config.d_head
         self.scale = config.scale
         self.window = config.window_for_layer(layer)
-        d_attn, d_kv = config.n_heads * config.d_head, config.kv_heads * config.d_head
-        self.q = nn.Linear(config.d_model, d_attn, bias=config.qkv_bias)
-        self.k = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
-        self.v = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
-        self.o = nn.Linear(d_attn, config.d_model, bias=config.attn_out_bias)
+        self._projections(config)
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
@@ -46,29 +44,58 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        # Family mechanisms, each None unless the config switches it on.
+        self.q_norm = RMSNorm(config.d_head, config.norm_eps, config.norm_offset) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.d_head, config.norm_eps, config.norm_offset) if config.qk_norm else None
+        self.clip_qkv = config.clip_qkv
+        self.softcap = config.attn_softcap  # scores capped before the mask (explicit path only)
+        self.local_rope = config.local_rope_theta is not None and self.window is not None
+
+    def _projections(self, config: DecoderConfig) -> None:
+        """The q, k, v and o projections (MLA has its own)."""
+        d_attn, d_kv = config.n_heads * config.d_head, config.kv_heads * config.d_head
+        self.q = nn.Linear(config.d_model, d_attn, bias=config.qkv_bias)
+        self.k = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
+        self.v = nn.Linear(config.d_model, d_kv, bias=config.qkv_bias)
+        self.o = nn.Linear(d_attn, config.d_model, bias=config.attn_out_bias)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.d_head))
-        k = self.hook_k(self.k(x).view(B, T, self.n_kv_heads, self.d_head))
-        v = self.hook_v(self.v(x).view(B, T, self.n_kv_heads, self.d_head))
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.clip_qkv is not None:  # MPT
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        q, k = q.view(B, T, self.n_heads, self.d_head), k.view(B, T, self.n_kv_heads, self.d_head)
+        if self.q_norm is not None:  # QK-norm: hook_q and hook_k see the normalised heads
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.hook_q(q), self.hook_k(k)
+        v = self.hook_v(v.view(B, T, self.n_kv_heads, self.d_head))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if ctx.cos is not None:
-            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+            cos, sin = (ctx.cos_local, ctx.sin_local) if self.local_rope else (ctx.cos, ctx.sin)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if self.hook_rot_q.active or self.hook_rot_k.active:
                 q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
                 k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, K, S, D)
-        explicit = (
+        return self._attend(q, k, v, ctx, self._wants_explicit(ctx))
+
+    def _wants_explicit(self, ctx: ForwardContext) -> bool:
+        """True when the explicit path must run (something records attention, or a soft-cap)."""
+        return (
             ctx.options.explicit
+            or self.softcap is not None  # SDPA cannot cap scores
             or ctx.options.observer is not None
             or self.hook_pattern.active
             or self.hook_attn_scores.active
         )
+
+    def _attend(self, q, k, v, ctx: ForwardContext, explicit: bool) -> torch.Tensor:
+        """Attention of rotated ``q (B, H, T, D)`` over ``k, v (B, K, S, D or Dv)``, then ``o``."""
+        B, _, T, _ = q.shape
         z = self._explicit(q, k, v, ctx) if explicit else self._fast(q, k, v, ctx)
-        z = self.hook_z(z.transpose(1, 2))  # (B, T, H, D)
-        return self.o(z.reshape(B, T, self.n_heads * self.d_head))
+        z = self.hook_z(z.transpose(1, 2))  # (B, T, H, Dv)
+        return self.o(z.reshape(B, T, -1))
 
     def _alibi_bias(self, ctx: ForwardContext, query_index: torch.Tensor) -> torch.Tensor:
         """ALiBi's -m_h * (i - j), as ``(1, H, c, S)``."""
@@ -114,6 +141,8 @@ class Attention(nn.Module):
             query_index = ctx.query_index[start:stop]
             if ctx.alibi is not None:
                 scores = scores + self._alibi_bias(ctx, query_index)[..., :n].to(scores.dtype)
+            if self.softcap is not None:  # observers and hooks see the capped scores the softmax sees
+                scores = softcap(scores, self.softcap)
             # Adding a 0 / -inf bias (broadcast over heads) is several times cheaper than
             # masked_fill with a broadcast boolean mask. Under a plain causal mask every row sees
             # every key before the chunk's first query, so only the last c keys need it.
@@ -129,8 +158,8 @@ class Attention(nn.Module):
                 # Unless a hook saw the scores (and may hold them), they are dead after this.
                 observer(AttentionChunk(self.layer, start, scores, probs, visible, query_index,
                                              self.scale, S, shared=first, writable=not full))
-            z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, D)
-            outputs.append(z.view(B, H, c, D))
+            z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, Dv)
+            outputs.append(z.view(B, H, c, v.shape[-1]))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     @staticmethod

@@ -32,7 +32,8 @@ class AttentionChunk:
 
     layer: int
     query_start: int  # index of the first query row among this forward's T rows
-    scores: torch.Tensor | None  # (B, H, c, n) scaled logits incl. position bias; -inf where masked
+    scores: torch.Tensor | None  # (B, H, c, n) scaled logits incl. position bias and any soft-cap
+    # (what the softmax sees); -inf where masked
     probs: torch.Tensor  # (B, H, c, n) softmax of scores
     visible: torch.Tensor  # (B or 1, 1, c, n) bool: which keys each query may see
     query_index: torch.Tensor  # (c,) absolute index of each query (cache offset included)
@@ -98,6 +99,8 @@ class ForwardContext:
     cos: torch.Tensor | None = None  # (B, T, D) rotary tables, None without RoPE
     sin: torch.Tensor | None = None
     alibi: torch.Tensor | None = None  # (H,) slopes, None without ALiBi
+    cos_local: torch.Tensor | None = None  # (B, T, D) for sliding-window layers with their own base
+    sin_local: torch.Tensor | None = None  # (Gemma 3's local RoPE); None: every layer uses cos/sin
     options: AttentionOptions = field(default_factory=AttentionOptions)
     keys_budget: int | None = None  # scores per head a chunk may hold (from options.chunk_bytes)
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)

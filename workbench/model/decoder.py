@@ -22,29 +22,11 @@ from workbench.model.attention import Attention
 from workbench.model.context import AttentionOptions, ForwardContext, chunk_keys
 from workbench.model.hooks import HookPoint, hooks, name_hook_points
 from workbench.model.kv_cache import KVCache
+from workbench.model.mla import LatentAttention
 from workbench.model.mlp import MLP, MoE
+from workbench.model.norms import make_norm
 from workbench.model.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
-
-
-class RMSNorm(nn.Module):
-    """``x / rms(x) * weight``, computed in fp32 and cast back (as Llama does)."""
-
-    def __init__(self, d_model: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d_model))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def make_norm(config: DecoderConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+from workbench.model.softcap import CappedUnembed
 
 
 class Block(nn.Module):
@@ -54,8 +36,11 @@ class Block(nn.Module):
         super().__init__()
         self.layer = layer
         self.ln1 = make_norm(config)
-        self.attn = Attention(config, layer)
+        self.attn = (LatentAttention if config.mla_kv_rank is not None else Attention)(config, layer)
         self.ln2 = make_norm(config)
+        # Gemma 2's sandwich: each sublayer's output is normalised again before the residual add.
+        self.ln1_post = make_norm(config) if config.post_norms else None
+        self.ln2_post = make_norm(config) if config.post_norms else None
         self.mlp = MoE(config) if config.is_moe_layer(layer) else MLP(config)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -65,8 +50,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), ctx, cache)))
-        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+        attn_out = self.attn(self.ln1(x), ctx, cache)
+        if self.ln1_post is not None:
+            attn_out = self.ln1_post(attn_out)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+        mlp_out = self.mlp(self.ln2(x))
+        if self.ln2_post is not None:
+            mlp_out = self.ln2_post(mlp_out)
+        return self.hook_resid_post(x + self.hook_mlp_out(mlp_out))
 
 
 class HookedDecoder(nn.Module):
@@ -91,15 +82,22 @@ class HookedDecoder(nn.Module):
         self.embed_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.embed_norm else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.ln_final = make_norm(config)
-        self.unembed = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.unembed = (
+            CappedUnembed(config.d_model, config.vocab_size, config.final_softcap)
+            if config.final_softcap is not None
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
         if config.tie_embeddings:
             self.unembed.weight = self.embed.weight
         if config.positions == "rope":
             inv_freq, factor = rope_inv_freq(config)
             self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
             self.rope_attention_factor = factor
+            if config.local_rope_theta is not None:
+                self.register_buffer("rope_inv_freq_local", self._local_inv_freq(), persistent=False)
         if config.positions == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+            slopes = alibi_slopes(config.n_heads, config.alibi_bias_max)
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
         self.hook_tokens = HookPoint()  # [batch, pos] the input token ids
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
@@ -113,10 +111,16 @@ class HookedDecoder(nn.Module):
         device = self.embed.weight.device
         if self.config.positions == "rope":
             self.rope_inv_freq = rope_inv_freq(self.config)[0].to(device)
+            if self.config.local_rope_theta is not None:
+                self.rope_inv_freq_local = self._local_inv_freq().to(device)
         if self.config.positions == "alibi":
-            self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
+            self.alibi_slopes = alibi_slopes(self.config.n_heads, self.config.alibi_bias_max).to(device)
         if self.config.positions == "sinusoidal":
             self.sinusoidal = sinusoidal_table(self.config.max_positions, self.config.d_model).to(device)
+
+    def _local_inv_freq(self) -> torch.Tensor:
+        """Gemma 3's sliding-window layers: plain RoPE at ``local_rope_theta``."""
+        return rope_inv_freq(self.config.replace(rope_theta=self.config.local_rope_theta, rope_scaling=None))[0]
 
     @property
     def device(self) -> torch.device:
@@ -162,7 +166,10 @@ class HookedDecoder(nn.Module):
         ctx.options = self._attention_options
         if ctx.options.chunk_bytes is not None:
             ctx.keys_budget = chunk_keys(ctx.options.chunk_bytes, B, self.config.n_heads)
-        x = self.hook_embed(self.embed(input_ids))
+        x = self.embed(input_ids)
+        if self.config.embed_scale:  # Gemma: sqrt(d_model), rounded to the model's dtype first
+            x = x * torch.tensor(self.config.d_model**0.5, dtype=x.dtype)
+        x = self.hook_embed(x)
         if self.pos_embed is not None:
             if int(position_ids.max()) >= self.config.max_positions:
                 raise IndexError(
@@ -194,13 +201,16 @@ class HookedDecoder(nn.Module):
         ctx = ForwardContext(query_index=query_index, key_index=key_index, key_valid=key_valid)
         if self.config.positions == "rope":
             inv_freq = self.rope_inv_freq
-            if self.config.rope_scaling is not None and self.config.rope_scaling.kind == "dynamic":
-                # transformers grows the base with the largest position in this forward
+            if self.config.rope_scaling is not None and self.config.rope_scaling.kind in ("dynamic", "longrope"):
+                # transformers grows the base (dynamic) or picks LongRoPE's factor set with the
+                # largest position in this forward
                 seq_len = int(position_ids.max()) + 1
                 inv_freq = rope_inv_freq(self.config, seq_len=seq_len)[0].to(device)
             ctx.cos, ctx.sin = rope_cos_sin(
                 inv_freq, position_ids, self.rope_attention_factor, self.dtype
             )
+            if self.config.local_rope_theta is not None:
+                ctx.cos_local, ctx.sin_local = rope_cos_sin(self.rope_inv_freq_local, position_ids, 1.0, self.dtype)
         elif self.config.positions == "alibi":
             ctx.alibi = self.alibi_slopes
         return ctx
@@ -246,6 +256,18 @@ class HookedDecoder(nn.Module):
 
     def attention_modules(self) -> list[Attention]:
         return [block.attn for block in self.blocks]
+
+    def fp32_tensor_names(self) -> set[str]:
+        """State-dict names kept in fp32 whatever the model's dtype: a sigmoid router's weight and
+        selection bias (DeepSeek V3), as transformers keeps them, since a bf16 bias would change
+        which experts are chosen."""
+        names = set()
+        for name, module in self.named_modules():
+            if isinstance(module, MoE) and module.score == "sigmoid":
+                names.add(f"{name}.router.weight")
+                if module.selection_bias is not None:
+                    names.add(f"{name}.selection_bias")
+        return names
 
     def n_params(self) -> int:
         """Parameters, counting tied embeddings once."""

@@ -17,9 +17,10 @@ from workbench.config import DecoderConfig, RopeScaling
 def rope_inv_freq(config: DecoderConfig, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
     """Inverse frequencies ``[d_head/2]`` (fp32) and the cos/sin multiplier for ``config``.
 
-    ``seq_len`` matters only for dynamic NTK scaling, whose base grows with the sequence.
+    ``seq_len`` matters only for dynamic NTK scaling, whose base grows with the sequence, and for
+    LongRoPE, which switches to its long factors past the original context.
     """
-    dim = config.d_head
+    dim = config.rope_dim
     base = config.rope_theta
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim
     scaling = config.rope_scaling
@@ -36,6 +37,8 @@ def rope_inv_freq(config: DecoderConfig, seq_len: int | None = None) -> tuple[to
         return _llama3_inv_freq(1.0 / (base**exponents), scaling), 1.0
     if scaling.kind == "yarn":
         return _yarn_inv_freq(config, scaling)
+    if scaling.kind == "longrope":
+        return _longrope_inv_freq(1.0 / (base**exponents), config, scaling, seq_len)
     raise ValueError(f"unsupported RoPE scaling {scaling.kind!r}")
 
 
@@ -52,9 +55,24 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tens
     return torch.where(medium, blended, scaled)
 
 
+def _longrope_inv_freq(
+    inv_freq: torch.Tensor, config: DecoderConfig, scaling: RopeScaling, seq_len: int | None
+) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Phi-3): every frequency divided by its own searched factor, the short set up to
+    the original context and the long set past it; cos/sin scaled by sqrt(1 + ln s / ln L)."""
+    original = scaling.original_max_positions
+    long = seq_len is not None and seq_len > original
+    factors = torch.tensor(scaling.long_factor if long else scaling.short_factor, dtype=torch.float32)
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        stretch = scaling.factor
+        attention_factor = 1.0 if stretch <= 1 else math.sqrt(1 + math.log(stretch) / math.log(original))
+    return inv_freq / factors, float(attention_factor)
+
+
 def _yarn_inv_freq(config: DecoderConfig, scaling: RopeScaling) -> tuple[torch.Tensor, float]:
     """YaRN (Peng et al. 2023): interpolate low frequencies, keep high ones, ramp between."""
-    dim, base, factor = config.d_head, config.rope_theta, scaling.factor
+    dim, base, factor = config.rope_dim, config.rope_theta, scaling.factor
     original = scaling.original_max_positions or config.max_positions
     attention_factor = scaling.attention_factor
     if attention_factor is None:
@@ -86,15 +104,31 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, heads, T, d_head]`` by position; cos/sin are ``[B, T, d_head]``."""
+    """Rotate ``x [B, heads, T, d_head]`` by position; cos/sin are ``[B, T, R]``. With partial
+    RoPE (R < d_head) only the first R dims turn; the rest pass through."""
+    if cos.shape[-1] < x.shape[-1]:
+        rotary = cos.shape[-1]
+        return torch.cat([apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]], dim=-1)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
 
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """Per-head ALiBi slopes ``[n_heads]`` (Press et al. 2022, with BLOOM's non-power-of-2 rule)."""
+def alibi_slopes(n_heads: int, bias_max: float | None = None) -> torch.Tensor:
+    """Per-head ALiBi slopes ``[n_heads]`` (Press et al. 2022).
+
+    ``bias_max`` None follows BLOOM's rule for a head count that is not a power of 2; a number
+    follows MPT's: slopes ``2^(-bias_max * i / P)`` for the next power of two P, odd ones first.
+    The two rules give the same slopes at MPT's default ``bias_max`` of 8.
+    """
+    if bias_max is not None:
+        padded = 2 ** math.ceil(math.log2(n_heads))
+        exponents = torch.arange(1, padded + 1, dtype=torch.int64).float() * (bias_max / padded)
+        slopes = 1.0 / torch.pow(2, exponents)
+        if padded != n_heads:
+            slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
+        return slopes
     closest = 2 ** math.floor(math.log2(n_heads))
     base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
     slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))

@@ -13,7 +13,7 @@ Statistics (averaged over the batch; position 0 sees one key, so its normalised 
 * ``sink_mass``: weight on the first visible key (the "attention sink").
 * ``mean_distance``: expected query-key distance ``q - k`` in tokens.
 * ``logit_std``: standard deviation of the pre-softmax logits over visible keys (after the
-  model's own scale). With 1/sqrt(d_head) scaling it is O(1) in trained models; without it,
+  model's own scale, and after its soft-cap when it caps: the logits the softmax sees). With 1/sqrt(d_head) scaling it is O(1) in trained models; without it,
   about sqrt(d_head) times larger.
 
 Full patterns are kept only for requested ``(layer, head)`` pairs and query range, within a byte
@@ -151,6 +151,9 @@ class AttentionRecord:
     patterns: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # [rows, keys]
     pattern_start: dict[tuple[int, int], int] = field(default_factory=dict)
     patterns_dropped: int = 0
+    # What the model does to the logits before the softmax, so the analyzers judge them right:
+    softcap: float | None = None  # scores and logit_std are after cap * tanh(s / cap) (Gemma 2)
+    qk_norm: bool = False  # q and k heads are RMS-normalised: their norm weights set the scale
 
     def __getattr__(self, name: str) -> torch.Tensor:
         stats = self.__dict__.get("stats", {})
@@ -171,6 +174,8 @@ class AttentionRecord:
             "n_tokens": self.n_tokens,
             "d_head": self.d_head,
             "scale": self.scale,
+            "softcap": self.softcap,
+            "qk_norm": self.qk_norm,
             "head_means": {stat: _nan_to_none(self.head_summary(stat)) for stat in STATS},
             "by_position": {
                 stat: _nan_to_none(bucket(self.stats[stat], max_positions)) for stat in STATS
@@ -299,8 +304,10 @@ class AttentionRecorder:
             n_layers=self.config.n_layers,
             n_heads=self.config.n_heads,
             n_tokens=self._tokens,
-            d_head=self.config.d_head,
+            d_head=self.config.qk_dim,
             scale=self.config.scale,
+            softcap=self.config.attn_softcap,
+            qk_norm=self.config.qk_norm,
             stats={name: self._values[i, ..., : self._tokens].clone() for i, name in enumerate(STATS)},
             patterns=dict(self._patterns),
             pattern_start=dict(self._pattern_start),

@@ -7,6 +7,12 @@ Per MoE layer (counts add up over every forward inside one ``record`` block):
 * ``entropy``: mean router entropy per token, nats (``entropy_norm``: / log n_experts);
 * ``coselect[e, f]``: tokens that chose both e and f (diagonal = load);
 * ``sample``: the choices (experts and weights) at a few evenly spaced positions.
+
+Routers are judged on what they select: ``load`` counts the experts actually chosen, so a
+DeepSeek V3 router's selection-only bias (which shifts choices, not weights) is in it. A sigmoid
+router (``config.router_score``) scores each expert independently; its "probabilities" here
+are the sigmoid scores normalised to sum to one per token, the share of gate mass each expert
+would get (a softmax of its logits would describe a router it is not).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class LayerRouting:
     layer: int
     n_experts: int
     top_k: int
+    score: str = "softmax"  # the router's scores: "softmax" or "sigmoid" (normalised per token)
     tokens: int = 0
     load: torch.Tensor | None = None  # (E,) int64
     prob_sum: torch.Tensor | None = None  # (E,) float64, sum over tokens of router probs
@@ -53,6 +60,7 @@ class LayerRouting:
             "layer": self.layer,
             "n_experts": self.n_experts,
             "top_k": self.top_k,
+            "score": self.score,
             "tokens": self.tokens,
             "load": self.load.tolist(),
             "importance": [round(float(x), 6) for x in self.importance],
@@ -80,7 +88,11 @@ def accumulate(
 ) -> None:
     """Add one forward's router output: logits ``[B, T, E]``, chosen ``indices/weights [B, T, k]``."""
     E = state.n_experts
-    probs = torch.softmax(logits.reshape(-1, E).float(), dim=-1)  # (N, E)
+    if state.score == "sigmoid":
+        scores = torch.sigmoid(logits.reshape(-1, E).float())
+        probs = scores / scores.sum(dim=-1, keepdim=True)  # (N, E) each expert's share of gate mass
+    else:
+        probs = torch.softmax(logits.reshape(-1, E).float(), dim=-1)  # (N, E)
     chosen = indices.reshape(-1, indices.shape[-1]).cpu()  # (N, k)
     onehot = torch.zeros(chosen.shape[0], E, dtype=torch.int64).scatter_(1, chosen, 1)
     if state.load is None:
@@ -109,7 +121,7 @@ class RoutingRecorder:
         self.samples = samples
         config = model.config
         self.layers = {
-            layer: LayerRouting(layer, config.n_experts, config.top_k)
+            layer: LayerRouting(layer, config.n_experts, config.top_k, config.router_score)
             for layer in range(config.n_layers)
             if config.is_moe_layer(layer)
         }

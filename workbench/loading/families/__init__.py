@@ -17,11 +17,13 @@ import torch
 
 from workbench.config import ConfigError, DecoderConfig
 from workbench.errors import CheckpointError
-from workbench.loading.families import bloom, gpt2, llama
+from workbench.loading.families import bloom, deepseek_v3, gemma2, gpt2, llama, mpt, phi3, qwen3
 from workbench.loading.families.common import Family, _fail, window_per_layer
 
 FAMILIES: dict[str, Family] = {
-    model_type: family.FAMILY for family in (llama, gpt2, bloom) for model_type in family.FAMILY.model_types
+    model_type: family.FAMILY
+    for family in (llama, gpt2, bloom, qwen3, gemma2, phi3, mpt, deepseek_v3)
+    for model_type in family.FAMILY.model_types
 }
 SUPPORTED = tuple(sorted(FAMILIES))
 
@@ -99,9 +101,12 @@ def convert_state_dict(
         leftovers = {k: v for k, v in leftovers.items() if not k.startswith("blocks.")}
     if leftovers:
         raise _fail(path, f"unexpected tensor {sorted(leftovers)[0]} for model_type {model_type!r}")
-    if family.transform is not None:
+    if family.transform is not None or family.transform_hf is not None:
         try:
-            family.transform(state, config)
+            if family.transform is not None:
+                family.transform(state, config)
+            if family.transform_hf is not None:
+                family.transform_hf(state, config, hf)
         except (RuntimeError, ValueError) as error:
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise _fail(path, f"fused attention weights do not match config.json ({detail})") from None
