@@ -226,6 +226,38 @@ _CASES = [
         attn_implementation="eager",
         takes_position_ids=False,
     ),
+    # The families with a module each since issue 13 (tests/loading/test_families_*.py test their
+    # mechanisms in depth); here they also go through every checkpoint layout.
+    FamilyCase(
+        "qwen3_moe",
+        "qwen3_moe",
+        {**_LLAMA, "num_hidden_layers": 3, "num_experts": 4, "num_experts_per_tok": 2,
+         "moe_intermediate_size": 16, "mlp_only_layers": [1]},
+    ),
+    FamilyCase(
+        "gemma2",
+        "gemma2",
+        {**_LLAMA, "head_dim": 8, "query_pre_attn_scalar": 16, "sliding_window": 4,
+         "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0},
+        attn_implementation="eager",
+    ),
+    FamilyCase("phi3", "phi3", {**_LLAMA, "pad_token_id": 0}),
+    FamilyCase(
+        "mpt",
+        "mpt",
+        dict(vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=2, max_seq_len=64, bos_token_id=1, eos_token_id=2,
+             attn_config={"clip_qkv": 0.3}),
+        attn_implementation="eager",
+        takes_position_ids=False,
+    ),
+    FamilyCase(
+        "deepseek_v3",
+        "deepseek_v3",
+        {**_LLAMA, "num_hidden_layers": 3, "num_key_value_heads": 4, "moe_intermediate_size": 16,
+         "q_lora_rank": 12, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 6,
+         "n_routed_experts": 8, "n_group": 4, "topk_group": 2, "num_experts_per_tok": 2, "n_shared_experts": 1,
+         "first_k_dense_replace": 1, "routed_scaling_factor": 2.5},
+    ),
 ]
 
 

@@ -109,7 +109,7 @@ def test_config_fields(name: str, family_cases, tmp_path) -> None:
 
 # --- checkpoint layouts -----------------------------------------------------------------------
 
-LAYOUT_FAMILIES = ["gpt2", "llama", "mixtral", "qwen2_moe", "bloom"]
+LAYOUT_FAMILIES = ["gpt2", "llama", "mixtral", "qwen2_moe", "bloom", "qwen3_moe", "gemma2", "phi3", "mpt", "deepseek_v3"]
 
 
 def _write_layout(reference, folder, layout: str) -> None:
