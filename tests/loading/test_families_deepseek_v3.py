@@ -10,6 +10,8 @@ to a spread comparable with the sigmoid scores so that it changes which experts 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from family_checks import (
@@ -52,6 +54,12 @@ CASES = {
     "deepseek_v3": Case("deepseek_v3", "deepseek_v3", _BASE, prepare=_spread_selection_bias),
     "deepseek_v3-full-q": Case("deepseek_v3-full-q", "deepseek_v3", {**_BASE, "q_lora_rank": None},
                                attn_implementation="eager", prepare=_spread_selection_bias),
+    # DeepSeek V3's own RoPE: YaRN on the 4 RoPE dims (original context 16 < 64 positions), and
+    # the softmax scale times mscale(factor, mscale_all_dim)^2.
+    "deepseek_v3-yarn": Case("deepseek_v3-yarn", "deepseek_v3", {**_BASE, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+        "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0,
+    }}, prepare=_spread_selection_bias),
 }
 
 
@@ -73,8 +81,9 @@ def test_config_and_parameters(pair) -> None:
     assert model.n_params() == sum(p.numel() for p in reference.parameters())
     assert config.attention_kind == "MLA"
     assert (config.mla_kv_rank, config.mla_rope_dim, config.d_head, config.d_head_v) == (16, 4, 8, 6)
-    assert config.mla_q_rank == (12 if case.name == "deepseek_v3" else None)
-    assert config.scale == pytest.approx(12**-0.5)
+    assert config.mla_q_rank == (None if case.name == "deepseek_v3-full-q" else 12)
+    mscale = 0.1 * math.log(4.0) + 1.0 if case.name == "deepseek_v3-yarn" else 1.0
+    assert config.scale == pytest.approx(12**-0.5 * mscale**2)
     assert (config.moe_layers, config.n_experts, config.top_k, config.d_expert, config.d_shared_expert) == (
         (1, 2), 8, 2, 16, 16)
     assert (config.router_score, config.router_bias, config.n_expert_groups, config.topk_groups) == (
