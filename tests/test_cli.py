@@ -200,7 +200,7 @@ def bad_inputs(tmp: Path, tiny: Path, hf_tiny: Path) -> list[tuple[str, list[str
     with open(pickled / "pytorch_model.bin", "wb") as handle:
         pickle.dump({"model.embed_tokens.weight": Payload(tmp / "PWNED")}, handle)
     cases.append(("pickle with code", ["diagnose", str(pickled)], "refused to load"))
-    from test_checkpoint import write_gguf
+    from gguf_writer import write_gguf
 
     torch.manual_seed(0)
     llama = HookedDecoder(DecoderConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=4, d_head=8, d_mlp=64,
