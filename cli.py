@@ -80,8 +80,10 @@ def _read_text(path: Path | None, prompt: str | None) -> str | None:
         return prompt
     if prompt is not None:
         raise BadInput("give --prompt or --text, not both")
+    from workbench.inputs import read_text_file  # lazy: --help must not import torch
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)  # at most what a probe can use, never a whole 200 MB file
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except UnicodeDecodeError:

@@ -169,9 +169,9 @@ def bad_inputs(tmp: Path, tiny: Path, hf_tiny: Path) -> list[tuple[str, list[str
                   "enclosed in double quotes)"))
     lacking = tmp / "lacking"
     lacking.mkdir()
-    (lacking / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    (lacking / "config.json").write_text(json.dumps({"vocab_size": 10}))  # other keys have transformers' defaults
     cases.append(("config lacks fields", ["diagnose", str(lacking)],
-                  f"error: {lacking / 'config.json'}: config.json lacks 'num_hidden_layers'"))
+                  f"error: {lacking / 'config.json'}: config.json lacks 'model_type'"))
     unknown = tmp / "falcon"
     unknown.mkdir()
     (unknown / "config.json").write_text(json.dumps({"model_type": "falcon"}))

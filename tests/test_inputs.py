@@ -189,6 +189,58 @@ def test_natural_text_empty_corpus_is_an_error() -> None:
         inputs.natural_text_tokens(WordTokenizer(), length=10, corpus="   ")
 
 
+def test_natural_text_starts_with_bos_when_the_tokenizer_has_one() -> None:
+    class BosWordTokenizer(WordTokenizer):
+        bos_token_id = 55
+
+    corpus = " ".join(f"w{i}" for i in range(40))
+    plain = inputs.natural_text_tokens(WordTokenizer(), length=9, batch=3, corpus=corpus, seed=4)
+    with_bos = inputs.natural_text_tokens(BosWordTokenizer(), length=9, batch=3, corpus=corpus, seed=4)
+    assert with_bos.shape == (3, 9)
+    assert with_bos[:, 0].tolist() == [55, 55, 55]
+    assert 55 not in plain[:, 0].tolist()
+    ids = list(range(40))  # WordTokenizer numbers words in order of first sight
+    for row in with_bos[:, 1:].tolist():  # the rest is a window of the corpus
+        assert any(ids[start : start + 8] == row for start in range(40 - 7))
+
+
+def test_user_text_starts_with_bos_and_the_cut_counts_it() -> None:
+    class BosWordTokenizer(WordTokenizer):
+        bos_token_id = 55
+
+    probe = inputs.make_probe("user", 4, tokenizer=BosWordTokenizer(), text="a b c d e f")
+    assert probe.tokens.tolist() == [[55, 0, 1, 2]]
+    assert "starting with BOS (id 55)" in probe.description
+    assert inputs.make_probe("user", 4, tokenizer=WordTokenizer(), text="a b c d e f").tokens.tolist() == [[0, 1, 2, 3]]
+
+
+def test_user_text_is_encoded_only_as_far_as_the_probe_needs() -> None:
+    class CountingTokenizer(WordTokenizer):
+        seen = 0
+
+        def encode(self, text: str) -> list[int]:
+            CountingTokenizer.seen += len(text)
+            return super().encode(text)
+
+    text = "word " * 1_000_000  # 5 MB
+    probe = inputs.make_probe("user", 100, tokenizer=CountingTokenizer(), text=text)
+    assert probe.length == 100
+    assert CountingTokenizer.seen < 100 * inputs.PREFIX_CHARS_PER_TOKEN * 4 + 4096 * 4
+
+
+def test_prompt_with_undecodable_bytes_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        inputs.make_probe("user", 8, vocab_size=96, text="caf\udce9")
+
+
+def test_read_text_file_cuts_at_the_limit_without_splitting_a_character(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("ab\u00e9\u00e9", encoding="utf-8")  # a, b, then two 2-byte characters
+    assert inputs.read_text_file(path, limit_bytes=3) == "ab"  # the first é is cut mid-character
+    assert inputs.read_text_file(path, limit_bytes=4) == "ab\u00e9"
+    assert inputs.read_text_file(path) == "ab\u00e9\u00e9"
+
+
 # --- user text and tokenizer interface -------------------------------------------------------
 
 
@@ -304,5 +356,6 @@ def test_natural_text_with_smollm2(smollm2_tokenizer: object) -> None:
     assert tokens.shape == (2, 128)
     torch.testing.assert_close(tokens, again, rtol=0, atol=0)
     assert not torch.equal(tokens[0], tokens[1])
-    text = tokenizer.decode(tokens[0].tolist())  # type: ignore[attr-defined]
+    assert tokens[:, 0].tolist() == [tokenizer.bos_token_id] * 2  # type: ignore[attr-defined]
+    text = tokenizer.decode(tokens[0, 1:].tolist())  # type: ignore[attr-defined]
     assert text in inputs.load_corpus_text()

@@ -24,6 +24,14 @@ RouterScoreKind = Literal["softmax", "sigmoid"]
 
 
 
+def _positive_number(name: str, value: object, allow_zero: bool = False) -> None:
+    """``value`` is a finite real number > 0 (>= 0 with ``allow_zero``), else a ConfigError."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency scaling, as published by the model (Llama 3, YaRN, linear, dynamic NTK).
@@ -41,6 +49,18 @@ class RopeScaling:
     attention_factor: float | None = None  # yarn (mscale), longrope; None = the paper's default
     short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors, short inputs
     long_factor: tuple[float, ...] | None = None  # longrope: used past original_max_positions
+
+    def check(self) -> None:
+        """Refuse a scaling that would run but mean nothing (factor 0, negative or NaN)."""
+        if self.kind not in get_args(RopeScalingKind):
+            raise ConfigError(f"RoPE scaling kind must be one of {get_args(RopeScalingKind)}, got {self.kind!r}")
+        _positive_number("RoPE scaling factor", self.factor)
+        original = self.original_max_positions
+        if original is not None and (not isinstance(original, int) or isinstance(original, bool) or original <= 0):
+            raise ConfigError(f"RoPE original_max_position_embeddings must be a positive integer, got {original!r}")
+        for name in ("low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "attention_factor"):
+            if getattr(self, name) is not None:
+                _positive_number(f"RoPE scaling {name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,7 @@ class DecoderConfig:
                 raise ConfigError(f"{field_name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_positions, int) or self.max_positions <= 0:
             raise ConfigError(f"max_positions must be a positive integer, got {self.max_positions!r}")
+        self._check_values()
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
@@ -200,6 +221,37 @@ class DecoderConfig:
         """Size of each query and key head: d_head, plus MLA's RoPE part."""
         return self.d_head + (self.mla_rope_dim or 0) if self.mla_kv_rank is not None else self.d_head
 
+    def _check_values(self) -> None:
+        """Numbers that would run but compute garbage (a zero RoPE base, a NaN eps) are refused
+        here as bad input, before they surface as a misleading non-finite failure."""
+        _positive_number("rope_theta", self.rope_theta)
+        _positive_number("norm_eps", self.norm_eps, allow_zero=True)
+        if self.attn_scale is not None:
+            _positive_number("attn_scale", self.attn_scale)
+        for name in ("gated_mlp", "qkv_bias", "attn_out_bias", "mlp_bias", "tie_embeddings", "embed_norm",
+                     "norm_topk_prob"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("n_experts", "top_k", "d_shared_expert"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("n_kv_heads", "d_expert", "sliding_window", "mla_kv_rank", "mla_rope_dim", "n_params"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer or absent, got {value!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value < self.vocab_size):
+                raise ConfigError(f"{name} {value!r} is not a token id of the vocabulary (0..{self.vocab_size - 1})")
+        for name in ("moe_layers", "sliding_layers"):
+            layers = getattr(self, name)
+            if layers is not None and not all(isinstance(i, int) and 0 <= i < self.n_layers for i in layers):
+                raise ConfigError(f"{name} must list layers in 0..{self.n_layers - 1}, got {layers!r}")
+        if self.rope_scaling is not None:
+            self.rope_scaling.check()
+
     @property
     def kv_heads(self) -> int:
         """Number of key/value heads (== n_heads for MHA)."""
@@ -251,18 +303,20 @@ class DecoderConfig:
         if unknown:
             raise ConfigError(f"unknown DecoderConfig fields: {', '.join(unknown)}")
         data = dict(data)
-        if isinstance(data.get("rope_scaling"), dict):
-            scaling = dict(data["rope_scaling"])
-            for key in ("short_factor", "long_factor"):
-                if isinstance(scaling.get(key), list):
-                    scaling[key] = tuple(scaling[key])
-            data["rope_scaling"] = RopeScaling(**scaling)
-        for key in ("moe_layers", "sliding_layers"):
-            if isinstance(data.get(key), list):
-                data[key] = tuple(data[key])
         try:
+            if isinstance(data.get("rope_scaling"), dict):
+                scaling = dict(data["rope_scaling"])
+                for key in ("short_factor", "long_factor"):
+                    if isinstance(scaling.get(key), list):
+                        scaling[key] = tuple(scaling[key])
+                data["rope_scaling"] = RopeScaling(**scaling)
+            elif data.get("rope_scaling") is not None:
+                raise ConfigError(f"rope_scaling must be an object or null, got {data['rope_scaling']!r}")
+            for key in ("moe_layers", "sliding_layers"):
+                if isinstance(data.get(key), list):
+                    data[key] = tuple(data[key])
             return cls(**data)
-        except TypeError as error:  # a missing required field
+        except TypeError as error:  # a missing required field, an unknown rope_scaling key
             raise ConfigError(str(error)) from None
 
     def to_json(self) -> str:

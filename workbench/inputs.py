@@ -13,8 +13,9 @@ never the global RNG, so the same seed gives the same tensor on every machine; m
 to a device afterwards.
 
 Tokenizers: anything with ``encode(text) -> list[int]``. A transformers tokenizer is called with
-``add_special_tokens=False`` (no BOS is added), and a ``tokenizers.Encoding`` result is read
-through its ``.ids``. A model without a tokenizer (the zoo's synthetic vocabularies) reads text
+``add_special_tokens=False``, and a ``tokenizers.Encoding`` result is read through its ``.ids``;
+natural and user probes then start with the tokenizer's BOS id when it has one
+(``bos_token_id``), as real prompts do. A model without a tokenizer (the zoo's synthetic vocabularies) reads text
 as its UTF-8 bytes modulo ``vocab_size``; the probe's description says so.
 
 Shape legend: B batch rows, T positions. Token tensors are int64 ``[B, T]``.
@@ -22,6 +23,7 @@ Shape legend: B batch rows, T positions. Token tensors are int64 ``[B, T]``.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import importlib.resources
 import inspect
@@ -46,6 +48,11 @@ CORPUS_PACKAGE = "workbench.probes"
 CORPUS_FOLDER = "corpus"
 # Between two corpus files, and between two passes when a natural probe wraps around.
 TEXT_SEPARATOR = "\n\n"
+# User text: characters encoded per wanted token (English averages 3-5), grown 4x when short.
+PREFIX_CHARS_PER_TOKEN = 8
+# --text reads at most this much of a file: far more than the longest probe the memory guard
+# lets through (about 10^6 tokens on this host) at the ~4 bytes a token averages.
+TEXT_READ_LIMIT_BYTES = 16 * 2**20
 
 
 
@@ -205,8 +212,10 @@ def natural_text_tokens(
     seed: int = 0,
     corpus: str | None = None,
     vocab_size: int | None = None,
+    with_bos: bool = True,
 ) -> torch.Tensor:
-    """Windows of natural text, shape ``[batch, length]``; each row starts at a seeded offset.
+    """Windows of natural text, shape ``[batch, length]``; each row starts at a seeded offset,
+    after the tokenizer's BOS when it has one (``with_bos=False``: the bare window).
 
     ``corpus`` defaults to :func:`load_corpus_text`. When the corpus has fewer than ``length``
     tokens it wraps around: the stream is corpus, separator, corpus, separator, ..., where the
@@ -215,10 +224,16 @@ def natural_text_tokens(
     bytes modulo ``vocab_size`` (for models with a synthetic vocabulary and no tokenizer).
     """
     _check_sizes(length=length, batch=batch)
+    bos = bos_id(tokenizer) if with_bos else None
+    if bos is not None:
+        if length < 2:
+            raise InputError(f"a natural probe after BOS needs at least 2 tokens, got {length}")
+        body = natural_text_tokens(tokenizer, length - 1, batch, seed, corpus, vocab_size, with_bos=False)
+        return torch.cat([torch.full((batch, 1), bos, dtype=torch.long), body], dim=1)  # [B, T]
     text = load_corpus_text() if corpus is None else corpus
     ids = encode_text(tokenizer, text, vocab_size)
     if not ids:
-        raise InputError("the natural-text corpus is empty")
+        raise InputError("the natural-text corpus is empty or encodes to no tokens")
     generator = _generator(seed)
     if len(ids) >= length:
         stream = ids
@@ -233,14 +248,63 @@ def natural_text_tokens(
     return torch.stack(rows)  # [B, T]
 
 
-def text_tokens(tokenizer: Tokenizer | None, text: str, vocab_size: int | None = None) -> torch.Tensor:
-    """The user's text as ids, shape ``[1, T]``; raises InputError for empty text."""
+def bos_id(tokenizer: Tokenizer | None) -> int | None:
+    """The tokenizer's BOS id, when it has one (probes start with it, as real prompts do)."""
+    value = getattr(tokenizer, "bos_token_id", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _check_utf8(text: str) -> None:
+    """Text from the command line may hold lone surrogates (undecodable argv bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"--prompt is not valid UTF-8 text (an undecodable byte at character {error.start})") from None
+
+
+def text_tokens(tokenizer: Tokenizer | None, text: str, vocab_size: int | None = None,
+                max_tokens: int | None = None) -> torch.Tensor:
+    """The user's text as ids, shape ``[1, T]``, after the tokenizer's BOS when it has one;
+    raises InputError for empty text.
+
+    With ``max_tokens`` only a growing prefix of the text is encoded, enough for that many
+    tokens: a 200 MB file is never tokenized whole to keep its first thousand tokens.
+    """
+    _check_utf8(text)
     if not text.strip():
         raise InputError("the input text is empty: give some text to --prompt or --text")
-    ids = encode_text(tokenizer, text, vocab_size)
+    bos = bos_id(tokenizer)
+    prefix = [] if bos is None else [bos]
+    if max_tokens is None:
+        ids = encode_text(tokenizer, text, vocab_size)
+    else:
+        _check_sizes(max_tokens=max_tokens)
+        chars = max(PREFIX_CHARS_PER_TOKEN * max_tokens, 4096)
+        while True:
+            ids = encode_text(tokenizer, text[:chars], vocab_size)
+            # one spare token: the last one of a cut prefix may differ from the whole text's
+            if chars >= len(text) or len(ids) > max_tokens:
+                break
+            chars *= 4
+        ids = ids[: max(max_tokens - len(prefix), 0)]
     if not ids:
         raise InputError("the input text encodes to no tokens")
-    return torch.tensor([ids], dtype=torch.long)
+    return torch.tensor([prefix + ids], dtype=torch.long)
+
+
+def read_text_file(path: Path, limit_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path``, at most ``limit_bytes`` (default TEXT_READ_LIMIT_BYTES) of it:
+    a probe never needs more, and a huge file is not read whole. A multi-byte character cut by
+    the limit is dropped. Raises InputError for anything but a regular file, and
+    UnicodeDecodeError / OSError as ``Path.read_text`` does."""
+    limit = TEXT_READ_LIMIT_BYTES if limit_bytes is None else limit_bytes
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return codecs.getincrementaldecoder("utf-8")().decode(data[:limit])  # holds back a cut character
 
 
 def _check_ids_fit(tokens: torch.Tensor, vocab_size: int | None) -> None:
@@ -249,6 +313,10 @@ def _check_ids_fit(tokens: torch.Tensor, vocab_size: int | None) -> None:
             f"the tokenizer produced id {int(tokens.max())}, outside the model's "
             f"vocabulary of {vocab_size}: tokenizer and model do not match"
         )
+
+
+def _bos_note(tokenizer: Tokenizer | None) -> str:
+    return "" if bos_id(tokenizer) is None else f", starting with BOS (id {bos_id(tokenizer)})"
 
 
 def make_probe(
@@ -273,10 +341,9 @@ def make_probe(
     if kind == "user":
         if text is None:
             raise InputError("a user probe needs text")
-        tokens = text_tokens(tokenizer, text, vocab_size)
         if length is not None:
             _check_sizes(length=length)
-            tokens = tokens[:, :length]
+        tokens = text_tokens(tokenizer, text, vocab_size, max_tokens=length)
         _check_ids_fit(tokens, vocab_size)
         source = "tokenizer" if tokenizer is not None else "UTF-8 bytes mod vocab (no tokenizer)"
         return ProbeInput(
@@ -284,7 +351,7 @@ def make_probe(
             kind=kind,
             tokens=tokens,
             seed=None,
-            description=f"user text, {tokens.shape[1]} tokens ({source})",
+            description=f"user text, {tokens.shape[1]} tokens ({source}){_bos_note(tokenizer)}",
         )
     if length is None:
         raise InputError(f"a {kind} probe needs a length")
@@ -326,6 +393,6 @@ def make_probe(
             kind=kind,
             tokens=tokens,
             seed=seed,
-            description=f"{length} tokens of the shipped corpus ({source}), seed {seed}",
+            description=f"{length} tokens of the shipped corpus ({source}){_bos_note(tokenizer)}, seed {seed}",
         )
     raise InputError(f"unknown probe kind {kind!r}: choose random, repeated, natural or user")

@@ -92,8 +92,10 @@ def test_config_that_is_not_a_json_object(text, llama_folder) -> None:
     "changes, message",
     [
         ({"model_type": None}, "lacks 'model_type'"),
-        ({"num_hidden_layers": None}, "lacks 'num_hidden_layers'"),
-        ({"vocab_size": None}, "lacks 'vocab_size'"),
+        # a missing key means transformers' default (32 layers for llama), which the weights contradict
+        ({"num_hidden_layers": None, "layer_types": None},
+         "describes 32 layers (num_hidden_layers is missing from config.json: transformers' default)"),
+        ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
         ({"hidden_size": "wide"}, "hidden_size"),
         ({"rope_parameters": "fast"}, "malformed"),
         ({"num_attention_heads": 3}, "does not describe a decoder"),
@@ -102,7 +104,7 @@ def test_config_that_is_not_a_json_object(text, llama_folder) -> None:
     ids=[
         "no-model-type",
         "no-layers",
-        "no-vocab",
+        "tie-string",
         "hidden-size-string",
         "rope-string",
         "heads-vs-kv",
@@ -133,13 +135,13 @@ def test_shapes_that_disagree_with_config(name: str, family_cases, tmp_path) -> 
 
 
 def test_fewer_layers_in_config_than_in_weights(llama_folder) -> None:
-    edit_config(llama_folder, num_hidden_layers=1)
-    assert "unexpected tensors" in load_error(llama_folder, llama_folder)
+    edit_config(llama_folder, num_hidden_layers=1, layer_types=None)
+    assert "describes 1 layer but the weights hold 2" in load_error(llama_folder, llama_folder / "config.json")
 
 
 def test_more_layers_in_config_than_in_weights(llama_folder) -> None:
     edit_config(llama_folder, num_hidden_layers=3, layer_types=None)
-    assert "missing tensor blocks.2" in load_error(llama_folder, llama_folder)
+    assert "describes 3 layers but the weights hold 2" in load_error(llama_folder, llama_folder / "config.json")
 
 
 # --- safetensors ----------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """nonfinite: NaN or Inf in the weights or arising in activations, located where it starts.
 
 Reads the records of :mod:`workbench.recorders.nonfinite` and names the first layer and sublayer
-where a non-finite value appears. Downstream analyzers skip what cannot be computed and say so.
+where a non-finite value appears. Downstream analyzers skip what cannot be computed and say so
+(:func:`downstream_skips`). A half-precision checkpoint is also judged in its own dtype
+(:func:`analyze_stored_dtype`): a float16 checkpoint whose float16 forward overflows fails with
+no flags given.
 """
 
 from __future__ import annotations
@@ -50,3 +53,32 @@ def analyze_activations(first: NonfiniteTensor | None) -> list[Finding]:
         fix="Look at the weights and inputs of that sublayer: overflow in fp16 (use bf16 or "
             "fp32), a norm with eps=0, or NaN weights upstream.",
     )]
+
+
+def analyze_stored_dtype(first: NonfiniteTensor | None, dtype: str, tokens: int) -> list[Finding]:
+    """One finding on the probe run in the checkpoint's own (half-precision) dtype: pass, or
+    fail at the first hook point whose output is not finite in that dtype."""
+    if first is None:
+        return [Finding(NAME, f"activations_{dtype}", "pass",
+                        f"a {tokens}-token probe in {dtype}, the checkpoint's own dtype, stays finite")]
+    return [Finding(
+        NAME, f"activations_{dtype}", "fail",
+        f"in {dtype}, the dtype the checkpoint is stored in, non-finite activations first appear at {first.name} "
+        f"({first.count} of {first.total} values) on a {tokens}-token probe",
+        where=_where(first.name), metric="nonfinite_values", value=float(first.count), threshold=0.0,
+        fix=f"The checkpoint overflows {dtype}: serve it in bfloat16 or float32, or rescale the sublayer "
+            "whose output overflows (its weights or the norm before it) and save again.",
+        details={"dtype": dtype, "tokens": tokens},
+    )]
+
+
+# The analyzer each concern's records feed (residual and loss feed report sections only).
+_DOWNSTREAM = {"attention": "attention_saturation", "routing": "routing_collapse", "length": "length_extrapolation"}
+
+
+def downstream_skips(concerns: set[str]) -> list[Finding]:
+    """One ``skip`` per analyzer that cannot judge records holding NaN/Inf, saying why."""
+    return [Finding(_DOWNSTREAM[concern], "nonfinite_inputs", "skip",
+                    "not judged: the probe's activations are not finite (see the nonfinite finding)",
+                    fix="Fix the non-finite values first; this check runs once the forward is finite.")
+            for concern in sorted(concerns) if concern in _DOWNSTREAM]

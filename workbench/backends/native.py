@@ -26,6 +26,7 @@ class NativeBackend:
         return load_config(source)
 
     def load(self, source: str | None, dtype: str, device: str) -> LoadedModel:
+        tokenizer = load_tokenizer(source)  # before the weights: a broken tokenizer file is refused cheaply
         model = load_model(source, dtype=dtype, device=device)
         config = model.config
         description = ModelDescription(
@@ -35,7 +36,7 @@ class NativeBackend:
             config=config.to_dict(), n_params=model.n_params(), weights_quant=config.weights_quant,
             decoder_config=config,
         )
-        return LoadedModel(model, description, load_tokenizer(source))
+        return LoadedModel(model, description, tokenizer)
 
     def record(self, loaded: LoadedModel, tokens: torch.Tensor, *, attention: bool, residual: bool,
                routing: bool, loss: bool, patterns: list[PatternRequest],

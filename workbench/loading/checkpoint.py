@@ -17,6 +17,7 @@ line naming the file and the problem. Family-specific names live in :mod:`workbe
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig
-from workbench.errors import CheckpointError
+from workbench.errors import CheckpointError, ConfigError
 from workbench.loading import families, gguf
 from workbench.loading.native import NATIVE_WEIGHTS, native_config
 from workbench.loading.readers import read_hf_weights, read_safetensors
 from workbench.loading.sources import DEFAULT_MODEL, NATIVE_CONFIG, read_json, resolve
 from workbench.model.decoder import HookedDecoder
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
 def load_config(source: str | os.PathLike | None) -> DecoderConfig:
@@ -51,15 +54,45 @@ def load_weights(source: str | os.PathLike | None) -> tuple[DecoderConfig, dict[
     if kind == "native":
         config = native_config(path / NATIVE_CONFIG)
         weights = path / NATIVE_WEIGHTS
-        if not weights.is_file():
+        if not weights.exists():
             raise CheckpointError(f"{weights}: missing (a workbench checkpoint needs its weights)")
-        return config, read_safetensors(weights)
+        tensors = read_safetensors(weights)
+        return _with_stored_dtype(config, tensors), tensors
     if kind == "hf-config":
         raise CheckpointError(f"{path}: a config.json alone has no weights; pass its folder")
     config_path = path / "config.json"
     hf_config = read_json(config_path)
     config = families.config_from_hf(hf_config, config_path)
-    return config, families.convert_state_dict(hf_config, config, read_hf_weights(path), path)
+    tensors = read_hf_weights(path)
+    config = _with_stored_dtype(config, tensors)
+    state = families.convert_state_dict(hf_config, config, tensors, path)
+    defaulted = [key for key in ("num_hidden_layers", "n_layer")
+                 if key in families.transformers_defaults(hf_config["model_type"]) and key not in hf_config]
+    note = f" ({defaulted[0]} is missing from config.json: transformers' default)" if defaulted else ""
+    check_layer_count(config, state, config_path, note)
+    return config, state
+
+
+def _with_stored_dtype(config: DecoderConfig, tensors: dict[str, torch.Tensor]) -> DecoderConfig:
+    """``config`` with ``dtype`` set to what the weights are stored in, when they agree on one
+    (the files are the truth; config.json's ``dtype`` is often stale or absent)."""
+    dtypes = {tensor.dtype for tensor in tensors.values()}
+    if len(dtypes) != 1:
+        return config
+    stored = str(dtypes.pop()).removeprefix("torch.")
+    return config if stored == config.dtype else config.replace(dtype=stored)
+
+
+def check_layer_count(config: DecoderConfig, state: dict[str, torch.Tensor], where: Path | str,
+                      note: str = "") -> None:
+    """The config's layer count against the blocks the weights hold, before any module is built
+    (a config claiming 100,000 layers must not build 100,000 blocks to find out)."""
+    held = {int(match[1]) for name in state if (match := _BLOCK.match(name))}
+    count = max(held) + 1 if held else 0
+    if count != config.n_layers:
+        plural = "" if config.n_layers == 1 else "s"
+        raise CheckpointError(f"{where}: the config describes {config.n_layers:,} layer{plural}{note} but the "
+                              f"weights hold {count:,}")
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
@@ -98,6 +131,7 @@ def load_model(
         dtype = parse_dtype(dtype)
     config, state = load_weights(source)
     label = str(source) if source is not None else DEFAULT_MODEL
+    check_layer_count(config, state, label)
     with torch.device("meta"):
         model = HookedDecoder(config)
     check_state_dict(model, state, label)
@@ -153,12 +187,13 @@ def _auto_device_map(model, max_memory) -> dict[str, Any]:
     return {name: device for name, device in planned.items() if name in modules}  # drop buffer entries
 
 
+COMPUTE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                  "float64": torch.float64}
+
+
 def parse_dtype(name: str) -> torch.dtype:
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float64": torch.float64}
-    if name not in names:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(sorted(names))}")
-    return names[name]
-
-
+    """The torch dtype of a compute dtype name; anything else (int8, a typo) is a ConfigError."""
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"unknown compute dtype {name!r}; choose one of {', '.join(sorted(COMPUTE_DTYPES))}")
+    return COMPUTE_DTYPES[name]

@@ -7,6 +7,7 @@ to the "rotate half" layout the decoder (and transformers) use. Qwen2 files need
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -63,35 +64,51 @@ def _config(reader, path: Path) -> DecoderConfig:
             raise _error(path, f"GGUF metadata lacks {arch}.{key}")
         return value
 
-    n_heads = int(need("attention.head_count"))
-    d_model = int(need("embedding_length"))
+    def count(key: str, default: Any = ...) -> int:
+        """A positive integer field (a head count of 0 or NaN is refused, not divided by)."""
+        value = need(key) if default is ... else _field(reader, f"{arch}.{key}", default)
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
+            raise _error(path, f"GGUF metadata {arch}.{key} must be a positive integer, got {value!r}")
+        return int(value)
+
+    def number(key: str, default: Any = ...) -> float:
+        value = need(key) if default is ... else _field(reader, f"{arch}.{key}", default)
+        if not isinstance(value, int | float | np.number) or isinstance(value, bool) or not math.isfinite(value):
+            raise _error(path, f"GGUF metadata {arch}.{key} must be a finite number, got {value!r}")
+        return float(value)
+
+    n_heads = count("attention.head_count")
+    d_model = count("embedding_length")
     vocab = _field(reader, f"{arch}.vocab_size")
     if vocab is None:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         vocab = len(tokens.data) if tokens is not None else None
+    if vocab is None:
+        raise _error(path, f"GGUF metadata lacks {arch}.vocab_size and tokenizer.ggml.tokens")
+    vocab = count("vocab_size", vocab)
     names = {t.name for t in reader.tensors}
     file_type = _field(reader, "general.file_type")
     if "rope_freqs.weight" in names:
         raise _error(path, "per-dimension RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported")
-    d_head = int(_field(reader, f"{arch}.attention.key_length", d_model // n_heads))
-    rotary_dims = int(_field(reader, f"{arch}.rope.dimension_count", d_head))
+    d_head = count("attention.key_length", d_model // n_heads or 1)
+    rotary_dims = count("rope.dimension_count", d_head)
     if rotary_dims != d_head:
         raise _error(path, f"partial rotary embeddings ({rotary_dims} of {d_head} dims) are not supported")
     try:
         return DecoderConfig(
-            vocab_size=int(vocab),
+            vocab_size=vocab,
             d_model=d_model,
-            n_layers=int(need("block_count")),
+            n_layers=count("block_count"),
             n_heads=n_heads,
-            n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+            n_kv_heads=count("attention.head_count_kv", n_heads),
             d_head=d_head,
-            d_mlp=int(need("feed_forward_length")),
-            max_positions=int(need("context_length")),
+            d_mlp=count("feed_forward_length"),
+            max_positions=count("context_length"),
             positions="rope",
-            rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            rope_theta=number("rope.freq_base", 10000.0),
             rope_scaling=_rope_scaling(reader, arch, path),
             norm="rmsnorm",
-            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            norm_eps=number("attention.layer_norm_rms_epsilon"),
             activation="silu",
             gated_mlp=True,
             qkv_bias="blk.0.attn_q.bias" in names,
@@ -99,12 +116,18 @@ def _config(reader, path: Path) -> DecoderConfig:
             model_type=arch,
             dtype="float32",
             weights_quant=FILE_TYPES.get(int(file_type)) if file_type is not None else None,
-            bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+            bos_token_id=_token_id(reader, "tokenizer.ggml.bos_token_id"),
+            eos_token_id=_token_id(reader, "tokenizer.ggml.eos_token_id"),
             name=re.sub(r"[.-](Q\d\w*|F16|F32|BF16|IQ\w+)$", "", path.stem, flags=re.IGNORECASE) or path.stem,
         )
-    except (ConfigError, TypeError, ValueError) as error:
+    except (ConfigError, TypeError, ValueError, OverflowError) as error:
         raise _error(path, f"GGUF metadata does not describe a decoder ({error})") from None
+
+
+def _token_id(reader, key: str) -> Any:
+    """A token id field as a plain int (left as read when it is not an integer: the config refuses it)."""
+    value = _field(reader, key)
+    return int(value) if isinstance(value, np.integer) else value
 
 
 def _rope_scaling(reader, arch: str, path: Path) -> RopeScaling | None:
@@ -116,7 +139,15 @@ def _rope_scaling(reader, arch: str, path: Path) -> RopeScaling | None:
     factor = _field(reader, f"{arch}.rope.scaling.factor")
     if factor is None:
         raise _error(path, f"GGUF metadata lacks {arch}.rope.scaling.factor")
+    if not isinstance(factor, int | float) or isinstance(factor, bool):
+        raise _error(path, f"GGUF metadata {arch}.rope.scaling.factor must be a number, got {factor!r}")
     return RopeScaling("linear", float(factor))
+
+
+def tokenizer_model(path: Path) -> str | None:
+    """The GGUF file's ``tokenizer.ggml.model`` (None when it carries no tokenizer)."""
+    value = _field(_reader(path), "tokenizer.ggml.model")
+    return None if value is None else str(value)
 
 
 def read_config(path: Path) -> DecoderConfig:

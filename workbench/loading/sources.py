@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from workbench.errors import CheckpointError
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = "smollm2"
 NATIVE_CONFIG = "workbench.json"
+# JSON metadata (config.json, shard indexes, safetensors headers) above this is refused unread.
+MAX_JSON_BYTES = 100 * 2**20
 
 
 def smollm2_path() -> Path:
@@ -62,13 +65,36 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def check_regular_file(path: Path) -> int:
+    """Size in bytes of ``path``, refusing anything but a regular file (a named pipe would block
+    the reader forever, a device would never end)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe, device or socket cannot be a checkpoint file)")
+    return status.st_size
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a small regular file; every failure is one CheckpointError line."""
+    size = check_regular_file(path)
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: {size:,} bytes is too large for a JSON metadata file "
+                              f"(limit {MAX_JSON_BYTES:,})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a config") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -9,34 +9,59 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from workbench.loading.sources import resolve
+from workbench.errors import CheckpointError
+from workbench.loading import gguf
+from workbench.loading.sources import check_regular_file, first_line, read_json, resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def load_tokenizer(source: str | os.PathLike | None) -> Any | None:
-    """A transformers tokenizer for ``source``, or None when it has none."""
+    """A transformers tokenizer for ``source``, or None when it has none.
+
+    A checkpoint that carries tokenizer files which cannot be loaded (a JSON list, garbage, an
+    empty file, a GGUF tokenizer model transformers does not know) is refused with a
+    CheckpointError naming the file: it never silently falls back to bytes.
+    """
     kind, path = resolve(source)
-    if kind == "native":
-        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if kind == "hf-config":
+        return None
+    if kind == "gguf":
+        model = gguf.tokenizer_model(path)
+        if model is None:
             return None
-    elif kind == "hf" and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return _load(path, f"{path}: its tokenizer (tokenizer.ggml.model {model!r})", gguf_file=path.name)
+    present = [path / name for name in TOKENIZER_FILES if (path / name).exists()]
+    if not present:
         return None
-    elif kind == "hf-config":
-        return None
+    for file in present:
+        if check_regular_file(file) == 0:
+            raise CheckpointError(f"{file}: the tokenizer file is empty")
+        if file.suffix == ".json":
+            read_json(file)  # an object, UTF-8, not absurdly nested or large
+    return _load(path, str(present[0]))
+
+
+def _load(path: Path, label: str, **keywords: Any) -> Any:
+    """AutoTokenizer on ``path``; any failure of the untrusted files is one CheckpointError line."""
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    folder = path.parent if keywords.get("gguf_file") else path
     try:
-        if kind == "gguf":
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError):
-        return None
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **keywords)
+        tokenizer.encode("a", add_special_tokens=False)
+        size = len(tokenizer)
+    except Exception as error:  # noqa: BLE001 - transformers and tokenizers raise many types on bad files
+        raise CheckpointError(f"{label}: cannot be loaded as a tokenizer ({first_line(error)[:200]})") from None
+    if size == 0:
+        raise CheckpointError(f"{label}: the tokenizer has an empty vocabulary")
+    return tokenizer
 
 
 def token_labels(tokenizer: Any | None, token_ids: list[int]) -> list[str]:

@@ -22,18 +22,20 @@ from typing import Any
 
 import torch
 
-from workbench.analyzers import nonfinite
+from workbench.analyzers import nonfinite, routing_collapse
 from workbench.backends.base import NOT_SUPPORTED, Backend
 from workbench.backends.native import NativeBackend
 from workbench.backends.nnsight.backend import NnsightBackend
 from workbench.errors import RunError
 from workbench.findings import Finding
+from workbench.loading.checkpoint import COMPUTE_DTYPES, parse_dtype
+from workbench.loading.sources import DEFAULT_MODEL
 from workbench.loading.tokenizer import token_labels
 from workbench.pipeline import steps
 from workbench.pipeline.commands import COMMANDS, PATTERN_ROWS
 from workbench.pipeline.document import document
 from workbench.pipeline.guard import check_fits_in_memory, device_memory_bytes, out_of_memory_error
-from workbench.recorders.nonfinite import scan_weights
+from workbench.recorders.nonfinite import STORED_PROBE_TOKENS, scan_weights, stored_half_dtype, watch_in_dtype
 from workbench.report.schema import SECTIONS
 from workbench.report.writer import write_report
 from workbench.settings import load_profile
@@ -42,6 +44,8 @@ __all__ = ["COMMANDS", "RunError", "RunOptions", "RunResult", "device_memory_byt
 
 BACKENDS: dict[str, Callable[[], Backend]] = {"native": NativeBackend, "nnsight": NnsightBackend}
 Progress = Callable[[str], None]
+# torch.Generator.manual_seed takes seeds below 2**63 on every platform.
+MAX_SEED = 2**63
 
 
 @dataclass(frozen=True)
@@ -88,15 +92,24 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         raise RunError(f"unknown command {options.command!r}; choose one of {', '.join(COMMANDS)}")
     if options.backend not in BACKENDS:
         raise RunError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_options(options)
     backend = BACKENDS[options.backend]()
     wanted = COMMANDS[options.command]
     started, created = time.perf_counter(), datetime.now(UTC)
     profile = load_profile(options.profile)
     seed = profile.seed if options.seed is None else options.seed
+    if not 0 <= seed < MAX_SEED:
+        raise RunError(f"{profile.path}: [run] seed {seed} is out of range (0 to {MAX_SEED - 1})")
     torch.manual_seed(seed)
     config = backend.planning_config(source)
     tokens = options.tokens or int(profile.probes["tokens"])
-    check_fits_in_memory(config, tokens, options.device, options.dtype)
+    label = str(source or DEFAULT_MODEL)
+    check_fits_in_memory(config, tokens, options.device, options.dtype, label=label,
+                         setting="--tokens" if options.tokens else f"{profile.path} [probes] tokens")
+    if config is not None and "length" in wanted:  # the sweep's longest probe, at the profile's batch
+        check_fits_in_memory(config, steps.longest_sweep(config, profile), options.device, options.dtype,
+                             batch=int(profile.probes["batch"]), label=label,
+                             setting=f"the length sweep of {profile.path} [probes]")
     result = RunResult(report={})
     if "timing" in wanted and backend.name == "native":
         if options.trace_dir is not None:
@@ -127,6 +140,7 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
     sections: dict[str, Any] = dict.fromkeys(SECTIONS)
     if "nonfinite" in wanted:
         findings += nonfinite.analyze_weights(scan_weights(loaded.module))
+        findings += _stored_dtype(loaded.module, description.decoder_config, options.dtype, probe, backend, say)
     recording = None
     if wanted & {"attention", "residual", "routing", "loss"}:
         through = "" if backend.name == "native" else f" through {backend.name}"
@@ -138,6 +152,12 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             watch_nonfinite="nonfinite" in wanted)
         if "nonfinite" in wanted:
             findings += nonfinite.analyze_activations(first_nonfinite)
+        if first_nonfinite is not None:  # NaN/Inf records judge nothing: their analyzers say skip
+            moe = {"routing"} if description.n_experts else set()
+            findings += nonfinite.downstream_skips(wanted & ({"attention", "length"} | moe))
+            if "routing" in wanted and not description.n_experts:  # still says why routing is not judged
+                findings += routing_collapse.analyze(None, None, is_moe=False)
+            recording, wanted = None, wanted - {"attention", "residual", "routing", "loss", "length"}
     labels = token_labels(loaded.tokenizer, probe.tokens[0, :PATTERN_ROWS].tolist())
     findings += steps.analyze_records(recording, description.n_experts, profile, wanted, sections, probe, labels)
     for concern in ("length", "kv", "timing"):
@@ -159,6 +179,28 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
         report["artifacts"]["trace_dir"] = trace.get("tensorboard_dir")
         report["artifacts"]["chrome_trace"] = trace.get("chrome_trace")
     return report
+
+
+def check_options(options: RunOptions) -> None:
+    """Options that cannot run, refused before anything loads (one line each)."""
+    if options.dtype not in COMPUTE_DTYPES:
+        raise RunError(f"--dtype {options.dtype!r} is not a compute dtype; choose one of "
+                       f"{', '.join(sorted(COMPUTE_DTYPES))} (int8 and other storage types are for `workbench kv`)")
+    if options.seed is not None and not 0 <= options.seed < MAX_SEED:
+        raise RunError(f"--seed {options.seed} is out of range: give an integer from 0 to {MAX_SEED - 1}")
+
+
+def _stored_dtype(model: Any, config: Any, dtype: str, probe: Any, backend: Backend, say: Progress) -> list[Finding]:
+    """The checkpoint in its own half-precision dtype, besides the compute dtype (native only)."""
+    if backend.name != "native" or config is None:
+        return []
+    stored = stored_half_dtype(config.dtype, parse_dtype(dtype))
+    if stored is None:
+        return []
+    name = str(stored).removeprefix("torch.")
+    say(f"checking the forward in {name}, the stored dtype")
+    tokens = probe.tokens[:, :STORED_PROBE_TOKENS]
+    return nonfinite.analyze_stored_dtype(watch_in_dtype(model, tokens, stored), name, int(tokens.shape[1]))
 
 
 def write(result: RunResult, out: Path | None, reports_root: Path = Path("reports")) -> Path:

@@ -71,6 +71,14 @@ def analyze_records(recording: Recording | None, n_experts: int, profile: Profil
     return findings
 
 
+def longest_sweep(config: DecoderConfig, profile: Profile) -> int:
+    """The longest probe of the length sweep (what the memory guard checks before it runs)."""
+    probes = profile.probes
+    lengths, _ = sweep_lengths(config.max_positions, list(probes["extrapolation_factors"]),
+                               list(probes["lengths"]), int(probes["max_tokens"]))
+    return max(lengths, default=2)
+
+
 def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, seed: int,
            sections: dict[str, Any], say: Any) -> list[Finding]:
     """The length sweep around the claimed context, its findings and the report's length section."""

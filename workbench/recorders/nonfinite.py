@@ -2,15 +2,26 @@
 
 Weights are scanned tensor by tensor; activations are watched at every hook point during one
 forward, in execution order, and the first hook point whose output is not finite is kept.
-:mod:`workbench.analyzers.nonfinite` turns both records into findings.
+:mod:`workbench.analyzers.nonfinite` turns both records into findings. A checkpoint stored in
+half precision is also watched in its own dtype (:func:`watch_in_dtype`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from workbench.model.hooks import hooks
+
+# The half-precision storage dtypes worth a probe of their own (float32 and float64 cannot
+# overflow where the float32 compute path does not).
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Tokens of the stored-dtype probe: enough to pass through every sublayer with real statistics,
+# short enough to stay a fraction of the main probe's cost.
+STORED_PROBE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -94,3 +105,40 @@ class ModuleWatch:
                     self.first = NonfiniteTensor(name, int(bad.sum()), tensor.numel())
 
         return watch
+
+
+def stored_half_dtype(stored: str, compute_dtype: torch.dtype) -> torch.dtype | None:
+    """The checkpoint's half-precision storage dtype (``DecoderConfig.dtype``) when the run
+    computes in another one; None when there is nothing to check in a dtype of its own."""
+    half = HALF_DTYPES.get(str(stored).removeprefix("torch."))
+    return half if half is not None and half != compute_dtype else None
+
+
+def _round_trips(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """Every floating parameter is exactly representable in ``dtype`` (true when the weights were
+    read from ``dtype`` files): casting there and back then changes nothing."""
+    return all(torch.equal(p, p.to(dtype).to(p.dtype)) for p in model.parameters() if p.is_floating_point())
+
+
+@torch.no_grad()
+def watch_in_dtype(model: Any, tokens: torch.Tensor, dtype: torch.dtype) -> NonfiniteTensor | None:
+    """Run ``tokens`` ([B, T]) through a hooked decoder cast to ``dtype`` and return the first
+    hook point whose output is not finite (None: all finite).
+
+    The model is cast in place and back when its weights round-trip exactly (no second copy of
+    a large model); otherwise a cast copy runs. RoPE/ALiBi tables are rebuilt in float32 after
+    each cast, as the loader builds them."""
+    compute = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    in_place = _round_trips(model, dtype)
+    cast = model if in_place else copy.deepcopy(model)
+    cast.to(dtype=dtype)
+    cast.reset_buffers()
+    watch = ActivationWatch(cast)
+    try:
+        with hooks(cast, watch.hooks()):
+            cast.hidden(tokens.to(cast.device))
+    finally:
+        if in_place:
+            model.to(dtype=compute)
+            model.reset_buffers()
+    return watch.first

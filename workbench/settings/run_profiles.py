@@ -7,6 +7,7 @@ Every profile is merged over ``default.toml``; it may only set keys default.toml
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +92,9 @@ def load_profile(name_or_path: str | os.PathLike[str] = "default") -> Profile:
         path=path,
         description=str(merged.get("description", "")),
         seed=_integer(path, "run", "seed", merged["run"]["seed"], 0),
-        probes=dict(merged["probes"]),
+        probes=_probes(path, merged["probes"]),
         deployment=_deployment(path, merged["deployment"]),
-        thresholds={a: {k: _value(v) for k, v in t.items()} for a, t in merged["thresholds"].items()},
+        thresholds=_thresholds(path, merged["thresholds"]),
         threshold_sources=sources,
     )
 
@@ -174,6 +175,49 @@ def _integer(path: Path, table: str, key: str, value: Any, minimum: int) -> int:
         where = at(path, table, key)
         raise ProfileError(f"{where}: [{table}] {key} must be an integer >= {minimum}")
     return value
+
+
+# [probes] keys: the least each integer may be, and the lists of lengths and of factors.
+_PROBE_MINIMUMS = {"tokens": 2, "max_tokens": 2, "batch": 1, "repeat_block": 1}
+_PROBE_LENGTH_LISTS = ("lengths",)
+_PROBE_FACTOR_LISTS = ("extrapolation_factors",)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _probes(path: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """The [probes] table, every size an integer in range and every factor a finite number > 0."""
+    probes = dict(table)
+    for key, minimum in _PROBE_MINIMUMS.items():
+        if key in probes:
+            _integer(path, "probes", key, _value(probes[key]), minimum)
+    for key in _PROBE_LENGTH_LISTS:
+        values = _value(probes.get(key, []))
+        if not isinstance(values, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 2 for v in values):
+            raise ProfileError(f"{at(path, 'probes', key)}: [probes] {key} must be a list of integers >= 2")
+    for key in _PROBE_FACTOR_LISTS:
+        values = _value(probes.get(key, []))
+        if not isinstance(values, list) or not all(_finite(v) and v > 0 for v in values):
+            raise ProfileError(f"{at(path, 'probes', key)}: [probes] {key} must be a list of finite numbers > 0")
+    return probes
+
+
+def _thresholds(path: Path, tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Threshold values; numbers must be finite and >= 0 (a NaN compares false with everything and
+    would silently pass every check; no threshold is a negative quantity)."""
+    values: dict[str, dict[str, Any]] = {}
+    for analyzer, table in tables.items():
+        values[analyzer] = {}
+        for key, entry in table.items():
+            value = _value(entry)
+            if isinstance(value, int | float) and not isinstance(value, bool) and not (_finite(value) and value >= 0):
+                where = at(path, f"thresholds.{analyzer}", key)
+                raise ProfileError(f"{where}: [thresholds.{analyzer}] {key} must be finite and >= 0, got {value!r}")
+            values[analyzer][key] = value
+    return values
 
 
 def _deployment(path: Path, table: dict[str, Any]) -> Deployment:

@@ -31,7 +31,11 @@ def profiles_dir() -> Path:
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; a syntax error becomes ``path:line: message (column N)``."""
     try:
+        if path.exists() and not path.is_file():
+            raise ProfileError(f"{path}: not a regular file")
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise ProfileError(f"{path}: cannot read: {error.strerror}") from None
     try:

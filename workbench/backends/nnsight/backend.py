@@ -20,6 +20,7 @@ from workbench.config import DecoderConfig
 from workbench.errors import CheckpointError, ConfigError
 from workbench.loading import families
 from workbench.loading.checkpoint import parse_dtype
+from workbench.loading.readers import check_weight_files
 from workbench.loading.sources import read_json, resolve
 from workbench.loading.tokenizer import load_tokenizer
 from workbench.recorders import PatternRequest, Recording
@@ -31,12 +32,13 @@ def load_hf_model(source: str | None, dtype: str, device: str) -> Any:
     kind, path = resolve(source)
     if kind != "hf":
         raise CheckpointError(f"{path}: the nnsight backend takes a transformers checkpoint folder")
+    check_weight_files(path)  # headers, dtypes, shard paths and file kinds, before transformers reads them
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(path), dtype=parse_dtype(dtype), attn_implementation="eager")
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - transformers and safetensors raise many types on bad files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: transformers cannot load it ({first})") from None
     return model.to(device).eval()

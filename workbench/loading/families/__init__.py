@@ -19,6 +19,7 @@ from workbench.config import ConfigError, DecoderConfig
 from workbench.errors import CheckpointError
 from workbench.loading.families import bloom, deepseek_v3, gemma2, gpt2, llama, mpt, phi3, qwen3
 from workbench.loading.families.common import Family, _fail, window_per_layer
+from workbench.loading.families.defaults import check_types, transformers_defaults, with_defaults
 
 FAMILIES: dict[str, Family] = {
     model_type: family.FAMILY
@@ -27,13 +28,8 @@ FAMILIES: dict[str, Family] = {
 }
 SUPPORTED = tuple(sorted(FAMILIES))
 
-__all__ = ["FAMILIES", "SUPPORTED", "Family", "config_from_hf", "convert_state_dict", "window_per_layer"]
-
-_POSITIVE_INTS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "intermediate_size", "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_inner",
-    "n_positions", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
-)  # not sliding_window: qwen2_moe writes 0 when the window is off
+__all__ = ["FAMILIES", "SUPPORTED", "Family", "config_from_hf", "convert_state_dict", "transformers_defaults",
+           "window_per_layer"]
 
 # Buffers some checkpoints carry that are recomputed, not loaded.
 _IGNORED = re.compile(r".*\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
@@ -50,10 +46,8 @@ def config_from_hf(hf: dict[str, Any], path: Path) -> DecoderConfig:
             f"model_type {model_type!r} is not supported by the hooked decoder (supported: "
             f"{', '.join(SUPPORTED)}); the nnsight backend (--backend nnsight) can still record it",
         )
-    for key in _POSITIVE_INTS:
-        value = hf.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise _fail(path, f"config.json field {key!r} must be a positive integer, got {value!r}")
+    check_types(hf, path)
+    hf = with_defaults(hf)  # a missing key means what transformers' config class says
     try:
         fields = FAMILIES[model_type].read_config(hf, path)
     except CheckpointError:
