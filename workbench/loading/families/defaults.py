@@ -16,8 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from transformers import CONFIG_MAPPING
-
 from workbench.errors import CheckpointError
 
 # Keys never filled in from the class: those transformers derives from others at construction
@@ -42,12 +40,20 @@ ROPE_NUMBERS = ("rope_theta", "factor", "attention_factor", "low_freq_factor", "
                 "beta_slow", "mscale", "mscale_all_dim")
 
 
+def _config_class(model_type: str) -> type:
+    # transformers (seconds to import) only when a config.json is read: `workbench kv` on an
+    # architecture profile never needs it
+    from transformers import CONFIG_MAPPING  # noqa: PLC0415 - heavy, only for config.json sources
+
+    return CONFIG_MAPPING[model_type]
+
+
 @functools.cache
 def transformers_defaults(model_type: str) -> dict[str, Any]:
     """What a key missing from config.json means, per transformers' config class for
     ``model_type``: the class's keyword defaults, and its default RoPE base as ``rope_theta``.
     Keys whose default is None, and the keys of ``_DERIVED``, are left out."""
-    config_class = CONFIG_MAPPING[model_type]
+    config_class = _config_class(model_type)
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(config_class.__init__).parameters.items()
@@ -63,7 +69,7 @@ def transformers_defaults(model_type: str) -> dict[str, Any]:
 @functools.cache
 def _aliases(model_type: str) -> dict[str, frozenset[str]]:
     """Other names transformers accepts for a key (its ``attribute_map``; BLOOM's ``n_embed``)."""
-    pairs = list(getattr(CONFIG_MAPPING[model_type], "attribute_map", {}).items())
+    pairs = list(getattr(_config_class(model_type), "attribute_map", {}).items())
     if model_type == "bloom":  # BloomConfig.__init__ pops n_embed as hidden_size
         pairs.append(("n_embed", "hidden_size"))
     groups: dict[str, set[str]] = {}
