@@ -292,6 +292,8 @@ ROWS = [
     _config_row("100,000 layers", lambda f: edit_config(f, num_hidden_layers=100_000), "GiB", names_folder=True),
     _config_row("100,000 layers (attention)", lambda f: edit_config(f, num_hidden_layers=100_000),
                 "100,000 layers", "hold 2", command="attention", names_folder=True),
+    _config_row("10^12 layers", lambda f: edit_config(f, num_hidden_layers=10**12), "num_hidden_layers",
+                "beyond any decoder"),
     _config_row("absurd hidden size", lambda f: edit_config(f, hidden_size=2**22, intermediate_size=2**24),
                 "weights alone", "GiB", names_folder=True),
     _config_row("rope_theta 0", lambda f: with_rope(f, rope_theta=0), "rope_theta"),

@@ -24,6 +24,11 @@ RouterScoreKind = Literal["softmax", "sigmoid"]
 
 
 
+# Per-layer tables (windows, MoE layers, the planner's per-layer sums) are built from the layer
+# count; no decoder comes near a million layers, and 10^12 would exhaust memory building them.
+MAX_LAYERS = 1_000_000
+
+
 def _positive_number(name: str, value: object, allow_zero: bool = False) -> None:
     """``value`` is a finite real number > 0 (>= 0 with ``allow_zero``), else a ConfigError."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -143,6 +148,8 @@ class DecoderConfig:
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field_name} must be a positive integer, got {value!r}")
+        if self.n_layers > MAX_LAYERS:
+            raise ConfigError(f"n_layers {self.n_layers:,} is beyond any decoder (at most {MAX_LAYERS:,})")
         if not isinstance(self.max_positions, int) or self.max_positions <= 0:
             raise ConfigError(f"max_positions must be a positive integer, got {self.max_positions!r}")
         self._check_values()

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from workbench.config import MAX_LAYERS
 from workbench.errors import CheckpointError
 
 # Keys never filled in from the class: those transformers derives from others at construction
@@ -96,6 +97,11 @@ def check_types(hf: dict[str, Any], path: Path) -> None:
         value = hf.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise CheckpointError(f"{path}: config.json field {key!r} must be a positive integer, got {value!r}")
+    for key in ("num_hidden_layers", "n_layer", "max_window_layers"):
+        value = hf.get(key)
+        if isinstance(value, int) and value > MAX_LAYERS:  # before any per-layer table is built
+            raise CheckpointError(f"{path}: config.json field {key!r} is {value:,}, beyond any decoder "
+                                  f"(at most {MAX_LAYERS:,} layers)")
     for key in BOOLEANS:
         value = hf.get(key)
         if value is not None and not isinstance(value, bool):
