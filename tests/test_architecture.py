@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"backends", "analyzers", "report"},
     {"recorders", "measurements", "memory"},
     {"model", "loading", "settings", "inputs", "zoo"},
-    {"config", "findings", "errors", "units"},
+    {"config", "findings", "errors", "units", "utils"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

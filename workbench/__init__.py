@@ -28,6 +28,10 @@ _EXPORTS = {
     "KVCache": "workbench.model.kv_cache",
     "Finding": "workbench.findings",
     "record": "workbench.recorders",
+    "ActivationCache": "workbench.model.activation_cache",
+    "FactoredMatrix": "workbench.model.factored_matrix",
+    "get_act_name": "workbench.utils",
+    "logit_lens": "workbench.model.lens",
 }
 
 

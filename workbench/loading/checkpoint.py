@@ -30,6 +30,7 @@ from workbench.loading import families, gguf
 from workbench.loading.native import NATIVE_WEIGHTS, native_config
 from workbench.loading.readers import read_hf_weights, read_safetensors
 from workbench.loading.sources import DEFAULT_MODEL, NATIVE_CONFIG, read_json, resolve
+from workbench.loading.tokenizer import attach_tokenizer
 from workbench.model.decoder import HookedDecoder
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -144,6 +145,7 @@ def load_model(
         model.unembed.weight = model.embed.weight
     model.reset_buffers()
     model.eval()
+    attach_tokenizer(model, source)
     if device_map is not None:
         return _dispatch(model, device_map, max_memory, offload_folder)
     return model.to(device)

@@ -64,6 +64,11 @@ def _load(path: Path, label: str, **keywords: Any) -> Any:
     return tokenizer
 
 
+def attach_tokenizer(model: Any, source: str | os.PathLike | None) -> None:
+    """Give ``model`` the tokenizer of ``source``, loaded when first used (None if it has none)."""
+    model.set_tokenizer_loader(lambda: load_tokenizer(source))
+
+
 def token_labels(tokenizer: Any | None, token_ids: list[int]) -> list[str]:
     """One readable label per token (the decoded text of each token, or ``#id``)."""
     if tokenizer is None:

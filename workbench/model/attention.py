@@ -19,6 +19,7 @@ from torch import nn
 
 from workbench.config import DecoderConfig
 from workbench.model.context import AttentionChunk, ForwardContext, query_chunks
+from workbench.model.head_inputs import per_head_result, project_per_head
 from workbench.model.hooks import HookPoint
 from workbench.model.kv_cache import KVCache
 from workbench.model.norms import RMSNorm
@@ -44,6 +45,7 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model] per-head output, no b_O
         # Family mechanisms, each None unless the config switches it on.
         self.q_norm = RMSNorm(config.d_head, config.norm_eps, config.norm_offset) if config.qk_norm else None
         self.k_norm = RMSNorm(config.d_head, config.norm_eps, config.norm_offset) if config.qk_norm else None
@@ -60,8 +62,12 @@ class Attention(nn.Module):
         self.o = nn.Linear(d_attn, config.d_model, bias=config.attn_out_bias)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.q(x), self.k(x), self.v(x)
+        if isinstance(x, tuple):  # per-head inputs (see workbench.model.head_inputs)
+            q, k, v = project_per_head(self, *x)
+            B, T = q.shape[:2]
+        else:
+            B, T, _ = x.shape
+            q, k, v = self.q(x), self.k(x), self.v(x)
         if self.clip_qkv is not None:  # MPT
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q, k = q.view(B, T, self.n_heads, self.d_head), k.view(B, T, self.n_kv_heads, self.d_head)
@@ -73,9 +79,8 @@ class Attention(nn.Module):
         if ctx.cos is not None:
             cos, sin = (ctx.cos_local, ctx.sin_local) if self.local_rope else (ctx.cos, ctx.sin)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if self.hook_rot_q.active or self.hook_rot_k.active:
-                q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
-                k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
+            q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)  # views: free when unwatched
+            k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, K, S, D)
         return self._attend(q, k, v, ctx, self._wants_explicit(ctx))
@@ -95,7 +100,8 @@ class Attention(nn.Module):
         B, _, T, _ = q.shape
         z = self._explicit(q, k, v, ctx) if explicit else self._fast(q, k, v, ctx)
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, Dv)
-        return self.o(z.reshape(B, T, -1))
+        out = self.o(z.reshape(B, T, -1))
+        return per_head_result(self, z, out) if self.hook_result.active else out
 
     def _alibi_bias(self, ctx: ForwardContext, query_index: torch.Tensor) -> torch.Tensor:
         """ALiBi's -m_h * (i - j), as ``(1, H, c, S)``."""

@@ -20,13 +20,17 @@ from torch import nn
 from workbench.config import DecoderConfig
 from workbench.model.attention import Attention
 from workbench.model.context import AttentionOptions, ForwardContext, chunk_keys
+from workbench.model.head_inputs import split_attention
 from workbench.model.hooks import HookPoint, hooks, name_hook_points
 from workbench.model.kv_cache import KVCache
 from workbench.model.mla import LatentAttention
 from workbench.model.mlp import MLP, MoE
-from workbench.model.norms import make_norm
+from workbench.model.norms import LayerNorm, make_norm
 from workbench.model.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_table
+from workbench.model.running import RunMixin
 from workbench.model.softcap import CappedUnembed
+from workbench.model.text import TextMixin, is_text
+from workbench.model.weights_view import WeightsMixin
 
 
 class Block(nn.Module):
@@ -47,26 +51,40 @@ class Block(nn.Module):
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model] resid_mid, before ln2
+        # Behind the model's switches (see workbench.model.head_inputs): per-head copies of resid_pre.
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_attn_in = HookPoint()  # [batch, pos, head, d_model]
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.attn(self.ln1(x), ctx, cache)
+        if self.hook_q_input.switched_on or self.hook_attn_in.switched_on:
+            attn_out = split_attention(self, x, ctx, cache)
+        else:
+            attn_out = self.attn(self.ln1(x), ctx, cache)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
-        mlp_out = self.mlp(self.ln2(x))
+        mlp_out = self.mlp(self.ln2(self.hook_mlp_in(x)))
         if self.ln2_post is not None:
             mlp_out = self.ln2_post(mlp_out)
         return self.hook_resid_post(x + self.hook_mlp_out(mlp_out))
 
 
-class HookedDecoder(nn.Module):
+class HookedDecoder(TextMixin, RunMixin, WeightsMixin, nn.Module):
     """A decoder-only transformer with hook points everywhere.
 
     ``model(input_ids)`` returns logits ``[B, T, V]``. ``attention_mask`` ``[B, S]`` (1 = real
     token, 0 = padding, covering cached tokens too) handles padded batches; ``cache`` (a
     :class:`KVCache`) enables incremental decoding. :meth:`hidden` returns the final normalised
     residual stream, for callers that unembed in chunks to bound memory at long context.
+    ``input_ids`` may also be a string or a list of strings (tokenized with :meth:`to_tokens`).
+
+    The TransformerLens-style library (text methods, ``run_with_cache``, ``run_with_hooks``,
+    weight views) comes from the mixins: :mod:`workbench.model.text`,
+    :mod:`workbench.model.running`, :mod:`workbench.model.weights_view`.
     """
 
     def __init__(self, config: DecoderConfig) -> None:
@@ -79,7 +97,7 @@ class HookedDecoder(nn.Module):
         if config.positions == "sinusoidal":
             table = sinusoidal_table(config.max_positions, config.d_model)
             self.register_buffer("sinusoidal", table, persistent=False)
-        self.embed_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.embed_norm else None
+        self.embed_norm = LayerNorm(config.d_model, config.norm_eps) if config.embed_norm else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.ln_final = make_norm(config)
         self.unembed = (
@@ -152,6 +170,8 @@ class HookedDecoder(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final normalised residual stream ``[B, T, d_model]`` (logits = unembed of it)."""
+        if is_text(input_ids):
+            input_ids = self.to_tokens(input_ids)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -169,7 +189,8 @@ class HookedDecoder(nn.Module):
         x = self.embed(input_ids)
         if self.config.embed_scale:  # Gemma: sqrt(d_model), rounded to the model's dtype first
             x = x * torch.tensor(self.config.d_model**0.5, dtype=x.dtype)
-        x = self.hook_embed(x)
+        if self.embed_norm is None:
+            x = self.hook_embed(x)
         if self.pos_embed is not None:
             if int(position_ids.max()) >= self.config.max_positions:
                 raise IndexError(
@@ -179,8 +200,8 @@ class HookedDecoder(nn.Module):
             x = x + self.hook_pos_embed(self.pos_embed(position_ids))
         elif self.config.positions == "sinusoidal":
             x = x + self.hook_pos_embed(self.sinusoidal[position_ids].to(x.dtype))
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
+        if self.embed_norm is not None:  # BLOOM: hook_embed after the norm, as TransformerLens
+            x = self.hook_embed(self.embed_norm(x))
         for block in self.blocks:
             x = block(x, ctx, cache)
         return self.hook_final(self.ln_final(x))
@@ -215,18 +236,6 @@ class HookedDecoder(nn.Module):
             ctx.alibi = self.alibi_slopes
         return ctx
 
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding with the KV cache; returns prompt + new tokens ``[B, T + n]``."""
-        cache = KVCache(self.config.n_layers)
-        logits = self(input_ids, cache=cache)
-        tokens = [input_ids.to(self.device)]
-        for _ in range(max_new_tokens):
-            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
-            tokens.append(next_token)
-            logits = self(next_token, cache=cache)
-        return torch.cat(tokens, dim=1)
-
     @contextlib.contextmanager
     def attention_options(self, **changes: Any) -> Iterator[AttentionOptions]:
         """Run the forwards inside the block with these :class:`AttentionOptions` changed, e.g.
@@ -250,9 +259,9 @@ class HookedDecoder(nn.Module):
         """The options forwards run with right now (read-only; change them with attention_options)."""
         return self._attention_options
 
-    def hooks(self, fwd_hooks):
-        """Context manager attaching ``[(name or predicate, fn), ...]``; see :mod:`workbench.model.hooks`."""
-        return hooks(self, fwd_hooks)
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True):
+        """Context manager attaching ``[(selector, fn), ...]``; see :mod:`workbench.model.hooks`."""
+        return hooks(self, fwd_hooks, bwd_hooks, reset_ctx=reset_hooks_end)
 
     def attention_modules(self) -> list[Attention]:
         return [block.attn for block in self.blocks]

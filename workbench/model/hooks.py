@@ -11,14 +11,26 @@ always removes what it attached, even when the forward raises::
     with model.hooks([("blocks.2.attn.hook_z", ablate_head)]):  # or hooks(model, [...])
         logits = model(tokens)
 
-A hook function receives ``(tensor, hook)`` where ``hook.name`` is the hook point's name; it may
-return a replacement tensor of the same shape, or None to leave the activation unchanged.
-Names may also be given as a predicate ``lambda name: name.endswith("hook_resid_post")``.
+A hook function is called as ``fn(tensor, hook=point)`` (positionally when its second parameter
+is not named ``hook``), where ``hook.name`` is the point's name and ``hook.ctx`` a dict that
+lives until the hooks are removed; it may return a replacement tensor of the same shape, or None
+to leave the activation unchanged. A selector is a name, a list of names, or a predicate
+``lambda name: name.endswith("hook_resid_post")``.
+
+Backward hooks (``bwd_hooks``) see the gradient of the loss with respect to the activation at a
+hook point, ``fn(grad, hook=point)``; a returned tensor replaces that gradient.
+
+Some hook points cost work when they run (the attention pattern forces the explicit attention
+path, ``attn.hook_result`` splits the output projection by head). They run when something
+watches them: a torch hook attached here, an nnsight trace that asks for them
+(``nnsight.NNsight(model).trace(...)`` reading or writing ``...attn.hook_pattern.output``), or the
+model's switch for them (see :attr:`HookPoint.active`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +39,37 @@ from typing import Any
 import torch
 from torch import nn
 
-HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
-HookSelector = str | Callable[[str], bool]
+HookFn = Callable[..., torch.Tensor | None]
+HookSelector = str | Sequence[str] | Callable[[str], bool]
+# Where nnsight (0.8) keeps the per-module state of its forward controller: ``active()`` gives
+# the running trace's interleaver and this module's (input, skip, output) locations, and the
+# interleaver's ``parked`` / ``observers`` say which locations a worker waits on or a cache
+# records. Workers ask in execution order, so when a costly point is reached, a trace that wants
+# it is parked on it right then. Read defensively: without nnsight the attribute is absent.
+_NNSIGHT_STATE = "__nnsight__"
+
+
+def watched_by_nnsight(module: nn.Module) -> bool:
+    """True while a running nnsight trace waits on (or caches) ``module``'s input or output."""
+    state = module.__dict__.get(_NNSIGHT_STATE)
+    if state is None:
+        return False
+    try:
+        interleaver, _, locations = state.active()
+        if interleaver is None:
+            return False
+        wanted = interleaver.parked | set(interleaver.observers)
+        return any(location in wanted for location in locations)
+    except (AttributeError, TypeError, ValueError):  # another nnsight version: assume watched
+        return True
+
+
+def _takes_hook_keyword(fn: Callable) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "hook" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 class HookPoint(nn.Module):
@@ -37,20 +78,40 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
+        self.ctx: dict[str, Any] = {}  # hook functions' scratch space, cleared by reset_hooks
+        self.switched_on = False  # the model's switch for an optional point (see HookedDecoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     @property
     def active(self) -> bool:
-        """True when something is attached (so the caller may compute what it would skip)."""
-        return bool(self._forward_hooks) or bool(self._forward_pre_hooks)
+        """True when something watches this point (a torch hook, an nnsight trace waiting on
+        it, or its switch), so the caller computes what it would otherwise skip."""
+        return (
+            self.switched_on
+            or bool(self._forward_hooks)
+            or bool(self._forward_pre_hooks)
+            or watched_by_nnsight(self)
+        )
 
-    def add_hook(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
-        def wrapper(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
-            return fn(output, self)
+    def add_hook(self, fn: HookFn, dir: str = "fwd") -> torch.utils.hooks.RemovableHandle:
+        """Attach ``fn``; ``dir="bwd"`` calls it with the gradient at this point instead."""
+        keyword = _takes_hook_keyword(fn)
 
-        return self.register_forward_hook(wrapper)
+        def call(tensor: torch.Tensor) -> Any:
+            return fn(tensor, hook=self) if keyword else fn(tensor, self)
+
+        if dir == "fwd":
+            return self.register_forward_hook(lambda module, inputs, output: call(output))
+        if dir != "bwd":
+            raise ValueError(f"hook direction must be 'fwd' or 'bwd', got {dir!r}")
+
+        def on_forward(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(call)
+
+        return self.register_forward_hook(on_forward)
 
 
 def name_hook_points(root: nn.Module) -> dict[str, HookPoint]:
@@ -63,29 +124,56 @@ def name_hook_points(root: nn.Module) -> dict[str, HookPoint]:
     return points
 
 
-def _select(points: dict[str, HookPoint], selector: HookSelector) -> list[HookPoint]:
+def select(points: dict[str, HookPoint], selector: HookSelector) -> list[HookPoint]:
+    """The hook points a name, a list of names or a predicate picks (KeyError for a bad name)."""
     if callable(selector):
         return [point for name, point in points.items() if selector(name)]
-    if selector not in points:
-        close = [name for name in points if name.split(".")[-1] == selector.split(".")[-1]]
-        hint = f" (e.g. {close[0]})" if close else ""
-        raise KeyError(f"no hook point named {selector!r}{hint}")
-    return [points[selector]]
+    names = [selector] if isinstance(selector, str) else list(selector)
+    for name in names:
+        if name not in points:
+            close = [known for known in points if known.split(".")[-1] == name.split(".")[-1]]
+            hint = f" (e.g. {close[0]})" if close else ""
+            raise KeyError(f"no hook point named {name!r}{hint}")
+    return [points[name] for name in names]
 
 
 @contextlib.contextmanager
-def hooks(model: nn.Module, fwd_hooks: Sequence[tuple[HookSelector, HookFn]]) -> Iterator[None]:
-    """Attach ``fwd_hooks`` to ``model``'s hook points for the duration of the ``with`` block."""
+def hooks(
+    model: nn.Module,
+    fwd_hooks: Sequence[tuple[HookSelector, HookFn]] = (),
+    bwd_hooks: Sequence[tuple[HookSelector, HookFn]] = (),
+    reset_ctx: bool = True,
+) -> Iterator[None]:
+    """Attach ``fwd_hooks`` and ``bwd_hooks`` to ``model``'s hook points for the ``with`` block.
+
+    On exit every hook is removed and, with ``reset_ctx``, every ``hook.ctx`` is cleared.
+    """
     points = getattr(model, "hook_dict", None) or name_hook_points(model)
     handles = []
+    touched: list[HookPoint] = []
     try:
-        for selector, fn in fwd_hooks:
-            for point in _select(points, selector):
-                handles.append(point.add_hook(fn))
+        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for selector, fn in pairs:
+                for point in select(points, selector):
+                    handles.append(point.add_hook(fn, dir=direction))
+                    touched.append(point)
         yield
     finally:
         for handle in handles:
             handle.remove()
+        if reset_ctx:
+            for point in touched:
+                point.ctx.clear()
+
+
+def reset_hooks(model: nn.Module) -> None:
+    """Remove every forward hook attached to ``model``'s hook points and clear their ``ctx``
+    (for hooks attached with ``HookPoint.add_hook`` outside a ``with`` block)."""
+    points = getattr(model, "hook_dict", None) or name_hook_points(model)
+    for point in points.values():
+        point._forward_hooks.clear()
+        point._forward_pre_hooks.clear()
+        point.ctx.clear()
 
 
 def attached_hook_count(model: nn.Module) -> int:
@@ -100,8 +188,8 @@ class _CallableModule(types.ModuleType):
     lazily exported context manager as soon as anything imports ``workbench.model.hooks``.
     """
 
-    def __call__(self, model: nn.Module, fwd_hooks: Sequence[tuple[HookSelector, HookFn]]):
-        return hooks(model, fwd_hooks)
+    def __call__(self, model: nn.Module, fwd_hooks=(), bwd_hooks=()):
+        return hooks(model, fwd_hooks, bwd_hooks)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -74,9 +74,8 @@ class LatentAttention(Attention):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, *)
         q = torch.cat([q[..., :N], apply_rope(q[..., N:], ctx.cos, ctx.sin)], dim=-1)
         k = torch.cat([k[..., :N], apply_rope(k[..., N:], ctx.cos, ctx.sin)], dim=-1)
-        if self.hook_rot_q.active or self.hook_rot_k.active:
-            q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
-            k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
+        q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)  # views: free when unwatched
+        k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
         if cache is not None:
             cached = cache.keys[self.layer]
             past = 0 if cached is None else cached.shape[2]

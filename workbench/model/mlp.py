@@ -39,13 +39,15 @@ class MLP(nn.Module):
         self.w_gate = nn.Linear(config.d_model, d_mlp, bias=config.mlp_bias) if config.gated_mlp else None
         self.w_in = nn.Linear(config.d_model, d_mlp, bias=config.mlp_bias)
         self.w_out = nn.Linear(d_mlp, config.d_model, bias=config.mlp_bias)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp] before the activation (the gate's, when gated)
+        self.hook_pre_linear = HookPoint() if config.gated_mlp else None  # [batch, pos, d_mlp] w_in x
         self.hook_post = HookPoint()  # [batch, pos, d_mlp] the activations before w_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w_gate is not None:
-            hidden = self.act(self.w_gate(x)) * self.w_in(x)
+            hidden = self.act(self.hook_pre(self.w_gate(x))) * self.hook_pre_linear(self.w_in(x))
         else:
-            hidden = self.act(self.w_in(x))
+            hidden = self.act(self.hook_pre(self.w_in(x)))
         return self.w_out(self.hook_post(hidden))
 
 
@@ -129,9 +131,12 @@ class MoE(nn.Module):
         self.hook_router_logits = HookPoint()  # [batch, pos, n_experts]
         self.hook_expert_indices = HookPoint()  # [batch, pos, top_k] int64
         self.hook_expert_weights = HookPoint()  # [batch, pos, top_k]
+        self.hook_pre = HookPoint()  # [batch, pos, d_model] the block's input (TransformerLens's alias)
+        self.hook_post = HookPoint()  # [batch, pos, d_model] the block's output (= hook_mlp_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d_model = x.shape
+        x = self.hook_pre(x)
         if self.score == "sigmoid":  # DeepSeek: logits in fp32 (its router weight stays fp32)
             logits = self.hook_router_logits(F.linear(x.float(), self.router.weight.float()))  # (B, T, E)
         else:
@@ -156,4 +161,4 @@ class MoE(nn.Module):
             if self.shared_gate is not None:
                 shared_ND = torch.sigmoid(self.shared_gate(tokens_ND)) * shared_ND
             out_ND = out_ND + shared_ND
-        return out_ND.view(B, T, d_model)
+        return self.hook_post(out_ND.view(B, T, d_model))
