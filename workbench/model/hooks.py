@@ -131,8 +131,11 @@ def select(points: dict[str, HookPoint], selector: HookSelector) -> list[HookPoi
     names = [selector] if isinstance(selector, str) else list(selector)
     for name in names:
         if name not in points:
-            close = [known for known in points if known.split(".")[-1] == name.split(".")[-1]]
-            hint = f" (e.g. {close[0]})" if close else ""
+            head, _, tail = name.rpartition(".")
+            tail = tail if tail.startswith("hook_") else f"hook_{tail}"
+            guess = f"{head}.{tail}" if head else tail
+            close = [guess] if guess in points else [known for known in points if known.endswith(f".{tail}")]
+            hint = f" (did you mean {close[0]}?)" if close else ""
             raise KeyError(f"no hook point named {name!r}{hint}")
     return [points[name] for name in names]
 
