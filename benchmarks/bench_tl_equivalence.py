@@ -122,7 +122,11 @@ def main() -> None:
     overall = max((r["max_abs_diff"] for r in results), default=float("nan"))
     print(f"\n{total} comparisons over {len(results)} families; largest difference {overall:.2e}.\n")
     for result in results:
-        print(f"- **{result['case']}**: only TransformerLens: {', '.join(result['tl_only']) or '-'}; "
+        # The bridge wraps every submodule with hook_in / hook_out; count those, name the rest.
+        wrappers = [n for n in result["tl_only"] if n.endswith((".hook_in", ".hook_out"))]
+        named = [n for n in result["tl_only"] if n not in wrappers]
+        print(f"- **{result['case']}**: only TransformerLens: {', '.join(named) or '-'} "
+              f"(+ {len(wrappers)} wrapper hook_in/hook_out names); "
               f"only workbench: {', '.join(result['wb_only']) or '-'}"
               + (f"; shapes differ: {'; '.join(result['shape_mismatch'])}" if result["shape_mismatch"] else "")
               + (f"; unshifted ALiBi scores differ by up to {max(result['raw'].values()):.2f}" if result["raw"] else ""))

@@ -150,7 +150,8 @@ class TextMixin:
 
         Greedy by default; ``do_sample=True`` samples from ``softmax(logits / temperature)``
         restricted to the ``top_k`` most likely tokens and the smallest set of probability
-        ``top_p`` (``generator`` seeds it). A string comes back as a string (a list as a list),
+        ``top_p`` (``generator`` seeds it). A string comes back as a string (its text and the continuation,
+        without BOS; a list as a list),
         ids ``[batch, pos]`` as ids ``[batch, pos + n]``. Lists of strings are left-padded.
         With ``stop_at_eos`` a row stops at its EOS token and is padded with EOS after it.
         """
@@ -166,7 +167,8 @@ class TextMixin:
         if not text_in:
             return out
         prompt = tokens.shape[1]
-        texts = [self.to_string(row[prompt - int(m.sum()) :]) for row, m in zip(out, mask, strict=True)]
+        skip = 1 if prepend_bos else 0  # decode the prompt's text and the continuation, no BOS
+        texts = [self.to_string(row[prompt - int(m.sum()) + skip :]) for row, m in zip(out, mask, strict=True)]
         return texts[0] if isinstance(input, str) else texts
 
 
