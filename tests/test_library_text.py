@@ -116,3 +116,24 @@ def test_a_checkpoint_without_tokenizer_runs_on_ids(folders) -> None:
     assert model.generate(tokens, max_new_tokens=2).shape == (1, 5)
     with pytest.raises(NoTokenizerError, match="no tokenizer"):
         model.to_tokens("Hi")
+
+
+@pytest.mark.slow
+def test_smollm2_text_tour(smollm2) -> None:
+    """The README's tour on the real model: its tokenizer, a logit attribution that sums to the
+    logit, the lens agreeing with the logits, and greedy text equal to transformers'."""
+    model, reference, tokenizer = smollm2.workbench, smollm2.reference, smollm2.tokenizer
+    assert model._tokenizer is not None or model._tokenizer_loader is not None  # load_model attached it
+    model.tokenizer = tokenizer  # the same GGUF tokenizer, already converted (saves ~15 s)
+    text = "The Eiffel Tower is in the city of"
+    tokens = model.to_tokens(text, prepend_bos=False)
+    assert tokens[0].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("_out", "embed", "hook_scale")))
+    paris = model.to_single_token(" Paris")
+    attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), paris, pos_slice=-1)
+    torch.testing.assert_close(attrs.sum(0), logits[:, -1, paris], atol=1e-4, rtol=0)
+    lens = model.logit_lens(tokens, positions=[-1], layers=[-1], top_k=1)
+    assert int(lens.token_ids[0, 0, 0, 0]) == int(logits[0, -1].argmax()) == paris
+    with torch.no_grad():
+        expected = reference.generate(tokens, max_new_tokens=8, do_sample=False)
+    assert model.generate(text, max_new_tokens=8, prepend_bos=False) == tokenizer.decode(expected[0])

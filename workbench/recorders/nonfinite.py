@@ -63,7 +63,7 @@ class ActivationWatch:
 
         # Scores and patterns hold -inf / 0 by design where keys are masked, and hooking them
         # would force the O(T^2) attention path: they are not watched.
-        skipped = ("hook_tokens", "hook_attn_scores", "hook_pattern")
+        skipped = ("hook_tokens", "hook_attn_scores", "hook_pattern", "hook_result")  # [T, H, d] each
         return [(lambda name: not name.endswith(skipped), watch)]
 
 
