@@ -5,7 +5,9 @@ a tiny, randomly initialised transformers model (fp32) is saved with its tiny ch
 tokenizer; TransformerLens wraps it with ``TransformerBridge.boot_transformers(folder,
 hf_model=..., tokenizer=...)`` (no weight processing: the bridge keeps the checkpoint's
 weights, as the workbench does) and the workbench loads the folder with ``load_model``. Both run
-``run_with_cache`` on the same [2, 12] random tokens; for every hook name both caches hold, the
+``run_with_cache`` on the same [2, 12] random tokens (``attn.hook_result`` and ``hook_mlp_in``
+switched on on both sides, then a second run with the per-head q/k/v inputs switched on); for
+every hook name both caches hold, the
 max abs difference is taken (shapes must agree; a shape mismatch is reported, not compared; attention scores are
 compared where both sides left a key visible).
 
@@ -60,10 +62,22 @@ def compare(case) -> dict:
             folder, hf_model=case.hf_model(), tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu", dtype=torch.float32
         )
     tokens = torch.randint(3, reference.config.vocab_size, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
+    bridge.set_use_attn_result(True)
+    bridge.set_use_hook_mlp_in(True)
     with torch.no_grad():
         tl_logits, tl_cache = bridge.run_with_cache(tokens)
     model.set_use_attn_result(True)
     wb_logits, wb_cache = model.run_with_cache(tokens)
+    split = {}
+    try:  # the per-head inputs, on both sides
+        bridge.set_use_split_qkv_input(True)
+        model.set_use_split_qkv_input(True)
+        with torch.no_grad():
+            _, tl_split = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("_input"))
+        _, wb_split = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("_input"))
+        split = {n: (tl_split[n], wb_split[n]) for n in set(tl_split.keys()) & set(wb_split.keys())}
+    except Exception as error:  # noqa: BLE001  reported, not fatal
+        split = {"error": str(error)[:100]}
     tl_names = set(tl_cache.keys())
     wb_names = set(wb_cache.keys())
     common = sorted(tl_names & wb_names)
@@ -88,6 +102,14 @@ def compare(case) -> dict:
                 a, b = a - a.amax(-1, keepdim=True), b - b.amax(-1, keepdim=True)
             a, b = a[seen], b[seen]
         diffs[name] = float((a - b).abs().max())
+    if "error" in split:
+        shape_mismatch.append(f"split qkv input failed: {split['error']}")
+    else:
+        for name, (a, b) in split.items():
+            if tuple(a.shape) != tuple(b.shape):
+                shape_mismatch.append(f"{name} TL {tuple(a.shape)} vs workbench {tuple(b.shape)}")
+            else:
+                diffs[name] = float((a.float() - b.float()).abs().max())
     worst = max(diffs, key=diffs.get) if diffs else None
     return {
         "case": case.name,

@@ -7,6 +7,7 @@ reports escape them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -66,7 +67,7 @@ def _load(path: Path, label: str, **keywords: Any) -> Any:
 
 def attach_tokenizer(model: Any, source: str | os.PathLike | None) -> None:
     """Give ``model`` the tokenizer of ``source``, loaded when first used (None if it has none)."""
-    model.set_tokenizer_loader(lambda: load_tokenizer(source))
+    model.set_tokenizer_loader(functools.partial(load_tokenizer, source))  # picklable, unlike a lambda
 
 
 def token_labels(tokenizer: Any | None, token_ids: list[int]) -> list[str]:
