@@ -168,7 +168,8 @@ class RunMixin:
         Backward hooks are bound to this forward's activations, so they fire when the caller
         runs ``loss.backward()`` afterwards, even with ``reset_hooks_end`` (which removes the
         module hooks and clears ``hook.ctx`` after the forward). ``reset_hooks_end=False``
-        leaves the hooks attached until :meth:`reset_hooks`.
+        leaves the hooks attached until :meth:`reset_hooks`. Backward hooks need autograd: they
+        never fire for a forward run under ``torch.no_grad()``.
         """
         if reset_hooks_end:
             with hooks(self, fwd_hooks, bwd_hooks):
