@@ -228,7 +228,7 @@ def test_per_head_inputs_behind_a_switch(switch: str, tiny_decoder) -> None:
 # --- nnsight --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", ["hook_pattern", "hook_attn_scores", "hook_rot_q", "hook_rot_k"])
+@pytest.mark.parametrize("point", ["hook_pattern", "hook_attn_scores", "hook_rot_q", "hook_rot_k", "hook_result"])
 def test_nnsight_reads_costly_points(point: str, tiny_decoder) -> None:
     from nnsight import NNsight
 
