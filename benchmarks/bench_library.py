@@ -36,7 +36,7 @@ def child(kind: str, length: int) -> dict[str, Any]:
     import torch
 
     import workbench
-    from workbench.running import CacheTooLargeError
+    from workbench.model.running import CacheTooLargeError
 
     model = workbench.load_model("smollm2")
     text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(REPO.glob("probes/corpus/*.txt")))

@@ -1,6 +1,6 @@
 """The hooked decoder against TransformerLens 4.3, hook by hook, on every family.
 
-Run by hand, not by pytest or CI. For each family and variant of ``tests/conftest.FAMILY_CASES``
+Run by hand, not by pytest or CI. For each family and variant of ``tests/helpers.FAMILY_CASES``
 a tiny, randomly initialised transformers model (fp32) is saved with its tiny character
 tokenizer; TransformerLens wraps it with ``TransformerBridge.boot_transformers(folder,
 hf_model=..., tokenizer=...)`` (no weight processing: the bridge keeps the checkpoint's
@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402
-from conftest import FAMILY_CASES  # noqa: E402
-from tiny_tokenizer import tiny_tokenizer  # noqa: E402
+from helpers import FAMILY_CASES, tiny_tokenizer  # noqa: E402
 
 import workbench  # noqa: E402
 

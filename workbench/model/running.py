@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workbench.errors import RunError
 from workbench.model.activation_cache import ActivationCache
 from workbench.model.hooks import HookSelector, hooks, reset_hooks, select
 from workbench.model.lens import LensResult, logit_lens
@@ -27,7 +28,7 @@ from workbench.model.lens import LensResult, logit_lens
 NamesFilter = HookSelector | None
 
 
-class CacheTooLargeError(ValueError):
+class CacheTooLargeError(RunError):
     """A requested activation cache would not fit in the memory of its device."""
 
 

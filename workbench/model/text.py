@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from workbench.errors import InputError
 from workbench.model.kv_cache import KVCache
 
 TextInput = str | list[str]
 
 
-class NoTokenizerError(ValueError):
+class NoTokenizerError(InputError):
     """A text method was called on a model whose checkpoint carries no tokenizer."""
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import workbench
-from workbench.attention import Attention
-from workbench.hooks import attached_hook_count
+from workbench.model.attention import Attention
+from workbench.model.hooks import attached_hook_count
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from workbench.config import DecoderConfig
-from workbench.hooks import attached_hook_count
-from workbench.running import CacheTooLargeError, cache_bytes
+from workbench.model.hooks import attached_hook_count
+from workbench.model.running import CacheTooLargeError, cache_bytes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

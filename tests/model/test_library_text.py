@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_tokenizer import tiny_tokenizer
+from helpers import tiny_tokenizer
 
 import workbench
-from workbench.text import NoTokenizerError
+from workbench.model.text import NoTokenizerError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
