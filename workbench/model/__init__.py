@@ -1,1 +1,2 @@
-"""The hooked decoder: decoder, attention, MLP/MoE, positions, hook points, KV cache."""
+"""The hooked decoder: decoder, attention, MLP/MoE, positions, hook points, KV cache, and the
+TransformerLens-style library on it (text, running, activation_cache, weights_view, lens)."""
