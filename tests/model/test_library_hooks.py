@@ -275,3 +275,18 @@ def test_nnsight_writes_the_pattern_like_a_hook(tiny_decoder, monkeypatch) -> No
     with traced.trace(tokens):
         resid = traced.blocks[1].hook_resid_post.output.save()
     assert calls == [] and resid.shape == (2, 8, model.config.d_model)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_watched_points_under_inference_mode(name: str, tiny_decoder) -> None:
+    """Inference tensors keep no version counter: watched norms and head results are rebuilt
+    from the hooked values, equal to the plain forward up to rounding."""
+    model = tiny_decoder(name)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 6))
+    with torch.no_grad():
+        plain = model(tokens)
+    names = lambda n: n.endswith(("hook_scale", "hook_normalized", "hook_result"))  # noqa: E731
+    with torch.inference_mode():
+        logits, cache = model.run_with_cache(tokens, names_filter=names)
+    assert "blocks.0.attn.hook_result" in cache and "ln_final.hook_scale" in cache
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)

@@ -25,7 +25,10 @@ def add_norm_hooks(norm: nn.Module) -> None:
 
 def pass_through(point: HookPoint, value: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``point(value)`` and whether a hook replaced or edited it (the version counter moves on
-    every in-place write)."""
+    every in-place write). Under ``torch.inference_mode`` tensors keep no version counter, so
+    a watched value counts as edited (the output is rebuilt from it: equal up to rounding)."""
+    if value.is_inference():
+        return point(value), True
     version = value._version
     out = point(value)
     return out, out is not value or out._version != version
