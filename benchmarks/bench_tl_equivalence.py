@@ -39,6 +39,7 @@ from helpers import FAMILY_CASES, tiny_tokenizer  # noqa: E402
 import workbench  # noqa: E402
 
 BATCH, LENGTH = 2, 12
+ALIASES = {f"embed_norm.{point}": f"embed_ln.{point}" for point in ("hook_scale", "hook_normalized")}
 
 
 def _pattern(name: str) -> str:
@@ -77,6 +78,8 @@ def compare(case) -> dict:
         split = {n: (tl_split[n], wb_split[n]) for n in set(tl_split.keys()) & set(wb_split.keys())}
     except Exception as error:  # noqa: BLE001  reported, not fatal
         split = {"error": str(error)[:100]}
+    # The same hook under another module name (the workbench's follows the checkpoint's).
+    wb_cache = {ALIASES.get(name, name): wb_cache[name] for name in wb_cache}
     tl_names = set(tl_cache.keys())
     wb_names = set(wb_cache.keys())
     common = sorted(tl_names & wb_names)
