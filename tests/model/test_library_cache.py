@@ -183,3 +183,20 @@ def test_logit_lens(name: str, tiny_decoder) -> None:
     with pytest.raises(ValueError, match="GiB"):
         model.logit_lens(tokens, positions=list(range(10)), max_logits_bytes=1000)
     assert attached_hook_count(model) == 0
+
+
+def test_cache_device_batch_dim_and_the_hooked_model(tiny_decoder) -> None:
+    model = tiny_decoder("llama")
+    tokens = torch.randint(0, model.config.vocab_size, (1, 5))
+    _, on_meta = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post", device="meta")
+    assert on_meta["resid_post", 0].is_meta and on_meta["resid_post", 0].shape == (1, 5, model.config.d_model)
+    _, cache = model.run_with_cache(tokens, names_filter=["hook_embed", "blocks.1.attn.hook_pattern"])
+    single = cache.remove_batch_dim()
+    assert single["pattern", 1].shape == (model.config.n_heads, 5, 5)
+    assert torch.equal(single["embed"], cache["embed"][0])
+    with pytest.raises(ValueError, match="batch"):
+        model.run_with_cache(torch.cat([tokens, tokens]), names_filter="hook_embed")[1].remove_batch_dim()
+    with torch.no_grad():
+        plain = model(tokens)
+        with model.hooks([("hook_embed", lambda t, hook: None)]) as hooked:
+            assert hooked is model and torch.equal(hooked(tokens), plain)

@@ -146,7 +146,7 @@ def hooks(
     fwd_hooks: Sequence[tuple[HookSelector, HookFn]] = (),
     bwd_hooks: Sequence[tuple[HookSelector, HookFn]] = (),
     reset_ctx: bool = True,
-) -> Iterator[None]:
+) -> Iterator[nn.Module]:
     """Attach ``fwd_hooks`` and ``bwd_hooks`` to ``model``'s hook points for the ``with`` block.
 
     On exit every hook is removed and, with ``reset_ctx``, every ``hook.ctx`` is cleared.
@@ -160,7 +160,7 @@ def hooks(
                 for point in select(points, selector):
                     handles.append(point.add_hook(fn, dir=direction))
                     touched.append(point)
-        yield
+        yield model  # as TransformerLens: `with model.hooks(...) as hooked_model:`
     finally:
         for handle in handles:
             handle.remove()
