@@ -238,7 +238,9 @@ def test_nnsight_reads_costly_points(point: str, tiny_decoder) -> None:
     _, cache = model.run_with_cache(tokens, names_filter=names)
     traced = NNsight(model)
     saved = []  # created before the trace; requested in layer order
-    with traced.trace(tokens):
+    # no_grad as run_with_cache: with autograd on, a watched hook_result feeds the output
+    # (see workbench.model.head_inputs), equal only up to rounding.
+    with torch.no_grad(), traced.trace(tokens):
         for layer in range(model.config.n_layers):
             saved.append(getattr(traced.blocks[layer].attn, point).output.save())
     for name, value in zip(names, saved, strict=True):
@@ -290,3 +292,23 @@ def test_watched_points_under_inference_mode(name: str, tiny_decoder) -> None:
         logits, cache = model.run_with_cache(tokens, names_filter=names)
     assert "blocks.0.attn.hook_result" in cache and "ln_final.hook_scale" in cache
     torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)
+
+
+def test_cache_with_gradients_equals_autograd(tiny_decoder) -> None:
+    model = tiny_decoder("gpt2")
+    tokens = torch.randint(0, model.config.vocab_size, (2, 7))
+    points = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.1.ln2.hook_scale"]
+    _, cache = model.run_with_cache(tokens, names_filter=points, incl_bwd=True)
+    assert all(p.grad is None for p in model.parameters())  # autograd.grad: no .grad written
+    acts = {}
+
+    def keep(tensor, hook):
+        tensor.retain_grad()
+        acts[hook.name] = tensor
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(points, keep)])
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    for point in points:
+        torch.testing.assert_close(cache[f"{point}_grad"], acts[point].grad, atol=1e-7, rtol=1e-5)
+        assert cache[f"{point}_grad"].abs().max() > 0
+    model.zero_grad(set_to_none=True)

@@ -5,7 +5,8 @@ Shapes: B batch, T tokens, H query heads, K key/value heads, D d_head, d d_model
 * ``attn.hook_result`` ``[B, T, H, d]``: what each head writes into the residual stream,
   ``z_h @ W_O[h]`` (TransformerLens's ``result``; the output bias ``b_O`` is in no head). It is
   computed only when watched; the attention output stays the fused projection, to the last
-  bit, unless a hook edits the result (then it is the sum of the edited heads plus ``b_O``).
+  bit, unless a hook edits the result or autograd records it (then it is the sum of the heads
+  plus ``b_O``, so that a gradient at ``hook_result`` exists).
 * The per-head inputs (TransformerLens's ``use_split_qkv_input`` / ``use_attn_in``): the block
   copies ``resid_pre`` once per head, ``blocks.{l}.hook_q_input`` ``[B, T, H, d]``,
   ``hook_k_input`` / ``hook_v_input`` ``[B, T, K, d]`` (one per key/value head) or one

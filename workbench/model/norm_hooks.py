@@ -5,7 +5,8 @@ RMSNorm, ``sqrt(var(x) + eps)`` for LayerNorm, in fp32), ``hook_normalized`` ``[
 d_model]`` (``x / scale``, centred first for LayerNorm, before the weight and bias) and
 ``hook_out`` (the norm's output). The norm's own output is what it computed without the hooks,
 to the last bit, unless a hook edits the scale or the normalized stream (returns another tensor
-or writes in place): then the output is rebuilt from the edited value.
+or writes in place), or autograd is recording (so that gradients at these points exist): then
+the output is rebuilt from the hooked value.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ def add_norm_hooks(norm: nn.Module) -> None:
 
 def pass_through(point: HookPoint, value: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``point(value)`` and whether a hook replaced or edited it (the version counter moves on
-    every in-place write). Under ``torch.inference_mode`` tensors keep no version counter, so
-    a watched value counts as edited (the output is rebuilt from it: equal up to rounding)."""
-    if value.is_inference():
+    every in-place write). It also counts as edited (the output is rebuilt from it, equal up to
+    rounding) when autograd records it, so that a gradient at the point exists, and under
+    ``torch.inference_mode``, where tensors keep no version counter."""
+    if value.is_inference() or value.requires_grad:
         return point(value), True
     version = value._version
     out = point(value)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from workbench.errors import RunError
 from workbench.model.activation_cache import ActivationCache
@@ -113,6 +114,11 @@ def _filter_points(model: Any, names_filter: NamesFilter) -> list[str]:
     return [p.name for p in select(model.hook_dict, names_filter) if p.name not in never]
 
 
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting each next token (nats)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten().to(logits.device))
+
+
 class RunMixin:
     """TransformerLens's running methods on the hooked decoder."""
 
@@ -124,11 +130,18 @@ class RunMixin:
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         max_cache_bytes: int | None = None,
+        incl_bwd: bool = False,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, ActivationCache]:
         """``(logits, cache)``: one forward (no autograd) keeping every hook point that
         ``names_filter`` picks (all when None; a name, a list of names or a predicate), moved to
         ``device`` (default: where it was computed).
+
+        ``incl_bwd`` also keeps the gradient of ``loss_fn(logits, tokens)`` (default: the mean
+        next-token cross-entropy) at each of those points, under ``name + "_grad"`` as
+        TransformerLens names it (attribution patching). The gradients are taken with
+        ``torch.autograd.grad``: no parameter's ``.grad`` changes.
 
         Raises :class:`CacheTooLargeError` before running when the cache (plus the logits)
         would pass ``max_cache_bytes`` (default: the free memory of ``device``).
@@ -137,7 +150,8 @@ class RunMixin:
         names = _filter_points(self, names_filter)
         batch, length = tokens.shape
         target = torch.device(device) if device is not None else self.device
-        need = cache_bytes(self, names, batch, length) + batch * length * self.config.vocab_size * 4
+        need = cache_bytes(self, names, batch, length) * (2 if incl_bwd else 1)
+        need += batch * length * self.config.vocab_size * 4
         limit = max_cache_bytes if max_cache_bytes is not None else available_bytes(target)
         if need > limit:
             raise CacheTooLargeError(
@@ -146,12 +160,24 @@ class RunMixin:
                 "hook points (names_filter), fewer tokens, or stream statistics with workbench.record"
             )
         store: dict[str, torch.Tensor] = {}
+        live: dict[str, torch.Tensor] = {}  # with incl_bwd: the activations to differentiate
 
         def keep(tensor: torch.Tensor, hook: Any) -> None:
             store[hook.name] = tensor.detach().to(target)
+            if incl_bwd and tensor.requires_grad:
+                live[hook.name] = tensor
 
-        with torch.no_grad(), hooks(self, [(names, keep)] if names else []):
+        with torch.set_grad_enabled(incl_bwd), hooks(self, [(names, keep)] if names else []):
             logits = self(tokens, *args, **kwargs)
+        if incl_bwd:
+            if not live:
+                raise RunError("incl_bwd: no cached activation requires grad (are the parameters frozen?)")
+            loss = (loss_fn or next_token_loss)(logits, tokens)
+            grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
+            for name, grad in zip(live, grads, strict=True):
+                if grad is not None:
+                    store[f"{name}_grad"] = grad.detach().to(target)
+            logits = logits.detach()
         cache = ActivationCache(store, self)
         return logits, cache.remove_batch_dim() if remove_batch_dim else cache
 
