@@ -44,7 +44,8 @@ def test_cache_equals_the_hooks_values_for_every_family(family_model) -> None:
     for name in expected:
         assert torch.equal(cache[name], seen[name]), name
     n_layers = model.config.n_layers
-    for layer in range(n_layers):
+    # The heads sum to the attention output (Gemma 2 normalises that again before hook_attn_out).
+    for layer in range(0 if model.config.post_norms else n_layers):
         heads = cache["result", layer].sum(dim=2)
         bias = model.blocks[layer].attn.o.bias
         torch.testing.assert_close(heads + (0 if bias is None else bias), cache["attn_out", layer], atol=1e-5, rtol=0)

@@ -52,15 +52,13 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model] resid_mid, before ln2
-        # Behind the model's switches (see workbench.model.head_inputs): per-head copies of resid_pre.
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
-        self.hook_attn_in = HookPoint()  # [batch, pos, head, d_model]
+        # The model's switches add per-head copies of resid_pre (see workbench.model.head_inputs):
+        # hook_q_input [batch, pos, head, d_model], hook_k_input / hook_v_input [batch, pos,
+        # kv_head, d_model], or hook_attn_in [batch, pos, head, d_model].
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, cache: KVCache | None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        if self.hook_q_input.switched_on or self.hook_attn_in.switched_on:
+        if "hook_q_input" in self._modules or "hook_attn_in" in self._modules:
             attn_out = split_attention(self, x, ctx, cache)
         else:
             attn_out = self.attn(self.ln1(x), ctx, cache)

@@ -12,7 +12,8 @@ Shapes: B batch, T tokens, H query heads, K key/value heads, D d_head, d d_model
   ``hook_k_input`` / ``hook_v_input`` ``[B, T, K, d]`` (one per key/value head) or one
   ``hook_attn_in`` ``[B, T, H, d]`` shared by q, k and v, applies ``ln1`` to each copy and
   projects each head from its own copy. They exist only behind the model's switch
-  (``model.set_use_split_qkv_input(True)`` / ``set_use_attn_in(True)``): the per-head path holds
+  (``model.set_use_split_qkv_input(True)`` / ``set_use_attn_in(True)`` add the hook points,
+  ``False`` removes them, so that every hook point of a model fires on every forward): the per-head path holds
   H copies of the residual stream and sums in another order, so logits may differ from the
   fused path in the last bits (not beyond 1e-5 on the families tests).
 """
@@ -63,7 +64,7 @@ def split_attention(block: Any, x: torch.Tensor, ctx: Any, cache: Any) -> torch.
     attn = block.attn
     B, T, d = x.shape
     group = attn.n_heads // attn.n_kv_heads
-    if block.hook_attn_in.switched_on:
+    if "hook_attn_in" in block._modules:
         shared = block.hook_attn_in(x[:, :, None].expand(B, T, attn.n_heads, d).clone())
         # A key/value head reads the copy of the first query head of its group.
         q_in, k_in, v_in = shared, shared[:, :, ::group], shared[:, :, ::group]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from workbench.errors import RunError
 from workbench.model.activation_cache import ActivationCache
-from workbench.model.hooks import HookSelector, hooks, reset_hooks, select
+from workbench.model.hooks import HookPoint, HookSelector, hooks, name_hook_points, reset_hooks, select
 from workbench.model.lens import LensResult, logit_lens
 
 NamesFilter = HookSelector | None
@@ -101,17 +101,15 @@ def cache_bytes(model: Any, names: Sequence[str], batch: int, tokens: int) -> in
 
 def _filter_points(model: Any, names_filter: NamesFilter) -> list[str]:
     """The hook points a cache keeps. Without a filter, ``attn.hook_result`` is left out
-    unless its switch is on (as TransformerLens's ``use_attn_result``); the per-head inputs
-    never run with their switch off."""
-    never = model.switched_off_points()
+    unless its switch is on (as TransformerLens's ``use_attn_result``)."""
     if names_filter is None:
         result_off = {
             f"blocks.{layer}.attn.hook_result"
             for layer, block in enumerate(model.blocks)
             if not block.attn.hook_result.switched_on
         }
-        return [name for name in model.hook_dict if name not in never | result_off]
-    return [p.name for p in select(model.hook_dict, names_filter) if p.name not in never]
+        return [name for name in model.hook_dict if name not in result_off]
+    return [p.name for p in select(model.hook_dict, names_filter)]
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -227,22 +225,22 @@ class RunMixin:
             block.attn.hook_result.switched_on = on
 
     def set_use_split_qkv_input(self, on: bool) -> None:
-        """Per-head ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (see
-        :mod:`workbench.model.head_inputs`)."""
-        for block in self.blocks:
-            for point in (block.hook_q_input, block.hook_k_input, block.hook_v_input):
-                point.switched_on = on
+        """Add (or remove) the per-head ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``
+        of every block (see :mod:`workbench.model.head_inputs`)."""
+        self._set_head_inputs(("hook_q_input", "hook_k_input", "hook_v_input"), on)
 
     def set_use_attn_in(self, on: bool) -> None:
-        """One per-head ``hook_attn_in`` shared by q, k and v (see :mod:`workbench.model.head_inputs`)."""
-        for block in self.blocks:
-            block.hook_attn_in.switched_on = on
+        """Add (or remove) one per-head ``hook_attn_in`` per block, shared by q, k and v."""
+        self._set_head_inputs(("hook_attn_in",), on)
 
-    def switched_off_points(self) -> set[str]:
-        """Names of the per-head input hook points whose switch is off (they never run)."""
-        names = set()
-        for layer, block in enumerate(self.blocks):
-            for kind in ("q_input", "k_input", "v_input", "attn_in"):
-                if not getattr(block, f"hook_{kind}").switched_on:
-                    names.add(f"blocks.{layer}.hook_{kind}")
-        return names
+    def _set_head_inputs(self, names: tuple[str, ...], on: bool) -> None:
+        if on and not all(isinstance(getattr(b.attn, p, None), torch.nn.Linear) for b in self.blocks for p in "qkv"):
+            raise ValueError(f"{self.config.name}: per-head inputs need plain q, k, v projections "
+                             "(multi-head latent attention has none)")
+        for block in self.blocks:
+            for name in names:
+                if on and name not in block._modules:
+                    block.add_module(name, HookPoint())
+                elif not on and name in block._modules:
+                    del block._modules[name]
+        self.hook_dict = name_hook_points(self)
