@@ -23,6 +23,7 @@ from helpers import SEQ_LEN, VOCAB
 import workbench
 from workbench.model.context import AttentionOptions
 from workbench.model.hooks import attached_hook_count
+from workbench.model.positions import alibi_slopes
 from workbench.recorders import PatternRequest, record
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.attention import chunk_statistics, row_max
@@ -67,11 +68,15 @@ def _visible(tokens_mask: torch.Tensor | None, batch: int, window: int | None) -
 
 
 def _reference_statistics(
-    probs: torch.Tensor, scores: torch.Tensor, visible: torch.Tensor, query_index: torch.Tensor | None = None
+    probs: torch.Tensor, scores: torch.Tensor, visible: torch.Tensor, query_index: torch.Tensor | None = None,
+    alibi: torch.Tensor | None = None,
 ) -> dict:
     """Per ``[H, T]`` (batch nan-mean) statistics of full ``[B, H, T, T]`` attention (or of the
-    rows ``query_index`` of it), in float64."""
+    rows ``query_index`` of it), in float64. ``alibi`` slopes: the spread is that of the scores
+    without ALiBi's bias ``m_h (k - q)``; the gap is that of the scores as given."""
     p, s = probs.double(), scores.double()
+    top_two = torch.where(visible.expand_as(s), s, -torch.inf).topk(2, dim=-1).values
+    gap = top_two[..., 0] - top_two[..., 1]
     visible = visible.expand_as(p)
     n_visible = visible.sum(-1).double()
     entropy = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
@@ -80,6 +85,8 @@ def _reference_statistics(
     query = (torch.arange(T) if query_index is None else query_index)[:, None]
     key = torch.arange(p.shape[-1])[None, :]
     distance = (query - key).double()  # signed: a padding row that sees every key looks ahead
+    if alibi is not None:
+        s = s + alibi.double()[:, None, None] * distance
     s_visible = torch.where(visible, s, torch.zeros_like(s))
     mean = s_visible.sum(-1, keepdim=True) / n_visible[..., None]
     var = (torch.where(visible, s - mean, torch.zeros_like(s)) ** 2).sum(-1) / n_visible
@@ -91,6 +98,7 @@ def _reference_statistics(
         "sink_mass": p.gather(-1, first).squeeze(-1),
         "mean_distance": (p * distance).sum(-1),
         "logit_std": torch.where(n_visible > 1, var.sqrt(), torch.nan),
+        "logit_gap": torch.where(n_visible > 1, gap, torch.nan),
     }
     return {name: torch.nanmean(value, dim=0).float() for name, value in stats.items()}
 
@@ -123,7 +131,8 @@ def test_chunked_statistics_equal_those_of_the_full_pattern(
     for layer, attn in enumerate(model.attention_modules()):
         visible = _visible(mask, tokens.shape[0], attn.window)
         pattern, scores = full["hook_pattern"][layer], full["hook_attn_scores"][layer]
-        expected = _reference_statistics(pattern, scores, visible)
+        slopes = alibi_slopes(model.config.n_heads) if model.config.positions == "alibi" else None
+        expected = _reference_statistics(pattern, scores, visible, alibi=slopes)
         for stat in ATTENTION_STATS:
             torch.testing.assert_close(recording.attention.stats[stat][layer], expected[stat], equal_nan=True,
                                        **TIGHT, msg=lambda m, s=stat, layer=layer: f"{s}, layer {layer}: {m}")

@@ -106,12 +106,17 @@ def test_members_and_twins() -> None:
         "learned-positions",
         "rope-short",
         "alibi",
+        "byte-text",
+        "flat-attention",
+        "minority-unscaled",
     }
     twins = {name: spec.healthy_twin for name, spec in zoo.MEMBERS.items() if spec.healthy_twin}
     assert twins == {
         "unscaled-attention": "scaled-attention",
         "moe-collapsed": "moe-balanced",
         "rope-short": "alibi",
+        "flat-attention": "byte-text",
+        "minority-unscaled": "byte-text",
     }
     for name, spec in zoo.MEMBERS.items():
         assert spec.name == name and spec.config.name == name
@@ -125,6 +130,8 @@ def test_members_and_twins() -> None:
         ("moe-collapsed", "moe-balanced", set(), {"balance_loss"}),
         ("rope-short", "alibi", {"positions"}, set()),
         ("learned-positions", "rope-short", {"positions"}, set()),  # the three length siblings
+        ("flat-attention", "byte-text", set(), {"q_scale"}),  # the bug is written after training
+        ("minority-unscaled", "byte-text", set(), {"q_scale", "q_scale_heads"}),
     ],
 )
 def test_twins_differ_only_in_the_cause(sick: str, healthy: str, config_diff: set, spec_diff: set) -> None:
@@ -145,6 +152,9 @@ def test_ground_truth() -> None:
         "learned-positions": ("length_extrapolation", "position_table", "fail"),
         "rope-short": ("length_extrapolation", "loss_beyond_context_repeated", "fail"),
         "alibi": ("length_extrapolation", "loss_beyond_context_repeated", None),
+        "byte-text": ("attention_saturation", "saturated_layer", None),
+        "flat-attention": ("attention_saturation", "flat_layer", "fail"),
+        "minority-unscaled": ("attention_saturation", "saturated_layer", "fail"),
     }
     for name, (analyzer, check, status) in expected.items():
         truth = zoo.ground_truth(name)
@@ -305,6 +315,27 @@ def test_saturation_costs_the_unscaled_model_its_task(models) -> None:
     healthy, sick = topic_loss(models["scaled-attention"]), topic_loss(models["unscaled-attention"])
     assert healthy < 2.8
     assert sick > healthy + 0.3
+
+
+def text_loss(model: HookedDecoder) -> float:
+    """Mean next-token loss (nats) on 64-token windows of the corpus read as bytes."""
+    tokens_BT, _ = zoo.TextTask(batch=32).sample(model.config.vocab_size, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits_BTV = model(tokens_BT)
+    predicted = logits_BTV[:, FIRST_QUERY - 1 : -1].reshape(-1, model.config.vocab_size)
+    return F.cross_entropy(predicted, tokens_BT[:, FIRST_QUERY:].reshape(-1)).item()
+
+
+@pytest.mark.slow
+def test_temperature_bugs_cost_the_byte_model_its_text(models) -> None:
+    # guessing is log 128 = 4.85 nats; the bugs are the healthy twin's weights with W_q rescaled
+    healthy = text_loss(models["byte-text"])
+    assert healthy < 3.5
+    assert text_loss(models["flat-attention"]) > healthy + 0.3
+    assert text_loss(models["minority-unscaled"]) > healthy + 0.3
+    tokens = analyzer_probe("natural")
+    flat, twin = attention_stats(models["flat-attention"], tokens), attention_stats(models["byte-text"], tokens)
+    assert float(flat["entropy"].min()) > 0.9 > float(twin["entropy"].min())
 
 
 @pytest.mark.slow

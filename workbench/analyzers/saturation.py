@@ -1,25 +1,33 @@
-"""attention_saturation: heads whose attention has collapsed onto single content tokens.
+"""attention_saturation: heads whose attention temperature is broken, judged head by head.
 
 The failure (seed primer, "Common Failure Cases"): attention without the 1/sqrt(d_head) scale has
-q.k logits about sqrt(d_head) times too large, so the softmax is near one-hot everywhere; loss
-stalls and gradients vanish. Two things look alike and are told apart here:
+q.k logits about sqrt(d_head) times too large, so the softmax is near one-hot everywhere; with
+1/d_head instead, logits are sqrt(d_head) times too small and every head averages its context.
+Either way the loss breaks. Each head is judged on its own logits:
 
-* a **sink** head puts most of its weight on the first token (a learned no-op, seen in every
-  large trained model, Xiao et al. 2023 "StreamingLLM"): reported as ``info``;
-* a **saturated** head is one-hot on *content* tokens at most positions.
+* **runaway** (too sharp): its logits are far wider than any healthy head's (median spread over
+  ``max_logit_std`` or median top-two gap over ``max_logit_gap``) *and* its attention has
+  collapsed (one-hot at most positions, or normalised entropy under ``collapsed_entropy``). Where the one-hot weight lands does not matter: a runaway head one-hot on the first
+  token is saturated too;
+* **flat** (too cool): entropy near 1 (``flat_entropy``) with a spread below ``min_logit_std``,
+  under what any healthy head shows;
+* **sink**: most weight on the first token at a healthy logit scale, a learned no-op
+  (Xiao et al. 2023, "StreamingLLM"): ``info``;
+* **sharp**: one-hot on content tokens at a healthy logit scale (previous-token, copy, induction
+  and local heads): ``info``; sharpness alone is not a defect.
 
-A single saturated head can be a legitimate sharp head (previous-token, induction): ``warn``.
-A layer where at least ``layer_fraction`` of the heads are saturated is the systemic pathology:
-``fail``. The logit scale (standard deviation of the pre-softmax logits over visible keys) is
-compared with ``max_logit_std``; it says *why* (an unscaled layer's logits are ~sqrt(d_head) times
-wider than a scaled one's).
+The model's verdict comes from how many heads are broken and where: ``fail`` in every layer that
+holds broken heads when they are at least ``broken_head_fraction`` of all heads (a scale bug
+applied to some heads of every layer, or to all), or when they are at least ``layer_fraction`` of
+one layer's heads; a few broken heads elsewhere are a ``warn``. A model whose attention is flat
+because it is untrained (its loss on the probe at chance, ``log V``) is not judged for flatness.
 
-Positions before ``skip_positions`` see few keys and are left out of every mean.
+Positions before ``skip_positions`` see few keys and are left out of every statistic.
 
 Family mechanisms are judged as the softmax sees them: a soft-capped model's (Gemma 2) logits
-and their std are the capped ones, which can never exceed the cap, and the findings say so; with
-QK-norm (Qwen3) each q and k head is RMS-normalised, so the logit width is set by the norm weights
-and the scale, not by the projections' growth, and the fix points there.
+and their spread are the capped ones, which can never exceed the cap, and the findings say so;
+with QK-norm (Qwen3) each q and k head is RMS-normalised, so the logit width is set by the norm
+weights and the scale, not by the projections' growth, and the fix points there.
 """
 
 from __future__ import annotations
@@ -35,6 +43,20 @@ from workbench.recorders.attention import AttentionRecord
 
 NAME = "attention_saturation"
 
+_FIX_SHARP = (
+    "Scale attention logits by 1/sqrt(d_head) before the softmax (check custom attention code, "
+    "attn_scale in the config and any conversion that rescaled W_q or W_k); if the scale is right, "
+    "lower the learning rate or add QK-norm, and unit-test attention entropy on random inputs."
+)
+_FIX_QK_NORM = (
+    "The model uses QK-norm, so q.k is bounded by the q_norm/k_norm weights times the scale: check "
+    "those weights and attn_scale; if they are right, lower the learning rate, and unit-test "
+    "attention entropy on random inputs."
+)
+_FIX_FLAT = (
+    "Scale attention logits by 1/sqrt(d_head), not 1/d_head (check attn_scale, a muP-style scale "
+    "applied twice, or a conversion that divided W_q or W_k)."
+)
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
@@ -42,16 +64,41 @@ def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
 
 
 def head_metrics(record: AttentionRecord, onehot_prob: float, skip: int) -> dict[str, torch.Tensor]:
-    """``[layers, heads]`` means over query positions ``>= skip``."""
+    """``[layers, heads]`` per-head evidence over query positions ``>= skip``: means of entropy,
+    max_prob and sink mass, medians of the logit spread and gap, and how often the head is
+    one-hot (on any key, and on a content key)."""
     s = slice(skip, None)
     max_prob, sink = record.stats["max_prob"][:, :, s], record.stats["sink_mass"][:, :, s]
-    content_onehot = (max_prob > onehot_prob) & (sink < max_prob)  # the top key is not the sink
-    means = {stat: record.head_summary(stat, skip) for stat in ("entropy_norm", "max_prob", "sink_mass", "logit_std")}
-    return {**means, "onehot_fraction": content_onehot.float().mean(dim=-1)}
+    onehot = max_prob > onehot_prob
+    means = {stat: record.head_summary(stat, skip) for stat in ("entropy_norm", "max_prob", "sink_mass")}
+    medians = {stat: torch.nanmedian(record.stats[stat][:, :, s], dim=-1).values for stat in ("logit_std", "logit_gap")}
+    return {**means, **medians, "onehot_fraction": onehot.float().mean(dim=-1),
+            "content_onehot_fraction": (onehot & (sink < max_prob)).float().mean(dim=-1)}
 
 
-def analyze(record: AttentionRecord | None, thresholds: dict[str, Any] | None = None) -> list[Finding]:
-    """Findings for every layer (and the heads that stand out) of one attention record."""
+def classify(metrics: dict[str, torch.Tensor], t: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Bool ``[layers, heads]`` masks: runaway, flat, sink and sharp heads (see the module doc)."""
+    wide = (metrics["logit_std"] > t["max_logit_std"]) | (metrics["logit_gap"] > t["max_logit_gap"])
+    collapsed = (metrics["onehot_fraction"] >= t["saturated_fraction"]) | (
+        metrics["entropy_norm"] <= t["collapsed_entropy"])
+    runaway = wide & collapsed
+    flat = (metrics["entropy_norm"] >= t["flat_entropy"]) & (metrics["logit_std"] < t["min_logit_std"])
+    sink = ~runaway & (metrics["sink_mass"] >= t["sink_mass"])
+    sharp = ~runaway & ~sink & (metrics["content_onehot_fraction"] >= t["saturated_fraction"])
+    return {"runaway": runaway, "flat": flat, "sink": sink, "sharp": sharp}
+
+
+def analyze(
+    record: AttentionRecord | None,
+    thresholds: dict[str, Any] | None = None,
+    *,
+    loss_nats: float | None = None,
+    vocab_size: int | None = None,
+) -> list[Finding]:
+    """Findings for every layer (and the heads that stand out) of one attention record.
+
+    ``loss_nats`` (the model's mean loss on the same probe) and ``vocab_size``, when given, tell
+    an untrained model (loss at chance, flat attention by nature) from a flat-attention bug."""
     if record is None:
         return [Finding(NAME, "recorded", "skip", "attention was not recorded")]
     t = thresholds_from(thresholds)
@@ -62,9 +109,32 @@ def analyze(record: AttentionRecord | None, thresholds: dict[str, Any] | None = 
     metrics = head_metrics(record, t["onehot_prob"], skip)
     if bool(torch.isnan(metrics["entropy_norm"]).all()):
         return [Finding(NAME, "recorded", "skip", "attention statistics are not finite (see nonfinite)")]
+    kinds = classify(metrics, t)
+    n_heads = record.n_layers * record.n_heads
+    at_chance = (loss_nats is not None and vocab_size is not None
+                 and loss_nats >= math.log(vocab_size) - t["chance_margin"])
     findings: list[Finding] = []
+    sharp_fix = _FIX_QK_NORM if getattr(record, "qk_norm", False) else _FIX_SHARP
+    for kind, check, fix in (("runaway", "saturated_layer", sharp_fix), ("flat", "flat_layer", _FIX_FLAT)):
+        broken = kinds[kind]
+        systemic = int(broken.sum()) / n_heads >= t["broken_head_fraction"]
+        for layer in range(record.n_layers):
+            heads = [h for h in range(record.n_heads) if broken[layer, h]]
+            if kind == "flat" and at_chance:
+                continue
+            layer_broken = len(heads) / record.n_heads >= t["layer_fraction"]
+            status = "fail" if heads and (systemic or layer_broken) else ("warn" if heads else "pass")
+            findings.append(_layer_finding(record, metrics, kinds, layer, heads, kind, check, status, fix, t))
+    if at_chance and bool(kinds["flat"].any()):
+        findings.append(Finding(
+            NAME, "flat_layer", "skip",
+            f"{int(kinds['flat'].sum())} of {n_heads} heads are flat, but the model's loss on the probe "
+            f"({loss_nats:.2f} nats) is at chance (log V = {math.log(vocab_size):.2f}): an untrained "
+            "model attends uniformly; nothing to judge.",
+            metric="loss_nats", value=round(loss_nats, 4), threshold=round(math.log(vocab_size) - t["chance_margin"], 4),
+        ))
     for layer in range(record.n_layers):
-        findings.extend(_layer_findings(record, metrics, layer, t))
+        findings.extend(_healthy_notes(metrics, kinds, layer, t))
     return findings
 
 
@@ -72,87 +142,78 @@ def _details(metrics: dict[str, torch.Tensor], layer: int, head: int) -> dict[st
     return {name: round(float(value[layer, head]), 4) for name, value in metrics.items()}
 
 
-def _layer_findings(record: AttentionRecord, metrics, layer: int, t: dict[str, float]) -> list[Finding]:
-    findings = []
-    heads = range(record.n_heads)
-    sinks = [h for h in heads if metrics["sink_mass"][layer, h] >= t["sink_mass"]]
-    saturated = [h for h in heads if h not in sinks and metrics["onehot_fraction"][layer, h] >= t["saturated_fraction"]]
-    logit_std = float(torch.nanmedian(metrics["logit_std"][layer]))
-    expected_factor = math.sqrt(record.d_head)
-    softcap, qk_norm = getattr(record, "softcap", None), getattr(record, "qk_norm", False)
+def _layer_finding(record: AttentionRecord, metrics, kinds, layer: int, heads: list[int], kind: str,
+                   check: str, status: str, fix: str, t: dict[str, float]) -> Finding:
+    """One finding per layer and kind: the broken heads it holds (pass when none)."""
+    where = Where(layer=layer, sublayer="attn")
+    share = round(len(heads) / record.n_heads, 4)
+    spread = metrics["logit_std"][layer]
+    softcap = getattr(record, "softcap", None)
     seen = f" (scores after the model's soft-cap at {softcap:g}, as the softmax sees them)" if softcap else ""
-    if sinks:
-        strongest = max(sinks, key=lambda h: float(metrics["sink_mass"][layer, h]))
-        masses = ", ".join(f"H{h} {float(metrics['sink_mass'][layer, h]):.0%}" for h in sinks)
-        findings.append(Finding(
-            NAME, "sink_heads", "info",
-            f"layer {layer}: {len(sinks)} attention sink head{'s' if len(sinks) > 1 else ''} "
-            f"({masses} of weight on the first token). Trained models use sinks as a no-op; "
-            "this is not saturation.",
-            where=Where(layer=layer, head=strongest), metric="sink_mass",
-            value=round(float(metrics["sink_mass"][layer, strongest]), 4), threshold=t["sink_mass"],
-            details={"sink_heads": sinks, **_details(metrics, layer, strongest)},
-        ))
-    share = len(saturated) / record.n_heads
-    if share >= t["layer_fraction"]:
-        worst = max(saturated, key=lambda h: float(metrics["onehot_fraction"][layer, h]))
-        scale_note = (
-            f" Its logits are wide (median std {logit_std:.1f} > {t['max_logit_std']:g}), as they are "
-            f"when q.k is not divided by sqrt(d_head) = {expected_factor:.1f}."
-            if logit_std > t["max_logit_std"] else ""
+    if not heads:
+        if kind == "runaway":
+            message = (f"layer {layer}: no head has runaway logits (widest median logit std "
+                       f"{float(spread.max()):.2f}, limit {t['max_logit_std']:g})")
+        else:
+            message = (f"layer {layer}: no head is flat (narrowest median logit std "
+                       f"{float(spread.min()):.2f}, limit {t['min_logit_std']:g})")
+        return Finding(NAME, check, "pass", message + seen, where=where, metric="broken_head_fraction",
+                       value=0.0, threshold=t["broken_head_fraction"])
+    factor = math.sqrt(record.d_head)
+    if kind == "runaway":
+        worst = max(heads, key=lambda h: float(spread[h]))
+        on_first = [h for h in heads if metrics["sink_mass"][layer, h] >= t["sink_mass"]]
+        target = (f"; {len(on_first)} of them one-hot on the first token, which a healthy sink's "
+                  "logits never are this wide" if on_first else "")
+        message = (
+            f"layer {layer}: {len(heads)} of {record.n_heads} heads have runaway logits and collapsed attention "
+            f"(head {worst}: median logit std {float(spread[worst]):.1f} > {t['max_logit_std']:g}, "
+            f"top-two gap {float(metrics['logit_gap'][layer, worst]):.1f} nats, one-hot at "
+            f"{float(metrics['onehot_fraction'][layer, worst]):.0%} of positions, normalised entropy "
+            f"{float(metrics['entropy_norm'][layer, worst]):.2f}){target}. Logits "
+            f"sqrt(d_head) = {factor:.1f} times too wide are what a missing 1/sqrt(d_head) gives."
         )
-        findings.append(Finding(
-            NAME, "saturated_layer", "fail",
-            f"layer {layer}: {len(saturated)} of {record.n_heads} heads attend one-hot to content "
-            f"tokens (head {worst} at {float(metrics['onehot_fraction'][layer, worst]):.0%} of positions)."
-            + scale_note + seen,
-            where=Where(layer=layer, head=worst, sublayer="attn"), metric="saturated_head_fraction",
-            value=round(share, 4), threshold=t["layer_fraction"],
-            fix=(
-                "The model uses QK-norm, so q.k is bounded by the q_norm/k_norm weights times the "
-                f"scale {record.scale:.3g}: check those weights and attn_scale; if they are right, lower "
-                "the learning rate, and unit-test attention entropy on random inputs."
-                if qk_norm else
-                "Scale attention logits by 1/sqrt(d_head) before the softmax (check custom attention "
-                "code and attn_scale in the config); if the scale is right, lower the learning rate "
-                "or add QK-norm, and unit-test attention entropy on random inputs."
-            ),
-            details={"saturated_heads": saturated, "median_logit_std": round(logit_std, 4),
-                     **_details(metrics, layer, worst)},
-        ))
+        metric = "saturated_head_fraction"
     else:
-        for head in saturated:
-            findings.append(Finding(
-                NAME, "saturated_head", "warn",
-                f"layer {layer} head {head} is one-hot on content tokens at "
-                f"{float(metrics['onehot_fraction'][layer, head]):.0%} of positions. Previous-token "
-                "and induction heads can be this sharp; a lone head is worth a look, not an alarm.",
-                where=Where(layer=layer, head=head, sublayer="attn"), metric="onehot_fraction",
-                value=round(float(metrics["onehot_fraction"][layer, head]), 4),
-                threshold=t["saturated_fraction"],
-                fix="Open its pattern in the report's viewer: a diagonal stripe one below the main "
-                    "diagonal is a previous-token head (healthy).",
-                details=_details(metrics, layer, head),
-            ))
-        if not saturated:
-            findings.append(Finding(
-                NAME, "saturated_layer", "pass",
-                f"layer {layer}: no head is one-hot on content tokens "
-                f"(most one-hot: {float(metrics['onehot_fraction'][layer].max()):.0%} of positions)" + seen,
-                where=Where(layer=layer, sublayer="attn"), metric="saturated_head_fraction",
-                value=0.0, threshold=t["layer_fraction"],
-            ))
-    if logit_std > t["max_logit_std"]:
-        findings.append(Finding(
-            NAME, "logit_scale", "warn",
-            f"layer {layer}: pre-softmax logits have median std {logit_std:.1f} across heads{seen}; "
-            f"with 1/sqrt(d_head) scaling trained models stay near 1-6. Logits this wide push the "
-            "softmax towards one-hot.",
-            where=Where(layer=layer, sublayer="attn"), metric="median_logit_std",
-            value=round(logit_std, 4), threshold=t["max_logit_std"],
-            fix=(f"With QK-norm the width comes from the q_norm/k_norm weights and the scale "
-                 f"{record.scale:.3g}: check those weights." if qk_norm else
-                 f"Check that q.k is multiplied by 1/sqrt(d_head) = {1 / expected_factor:.3f} "
-                 f"(the model uses {record.scale:.3g})."),
+        worst = min(heads, key=lambda h: float(spread[h]))
+        message = (
+            f"layer {layer}: {len(heads)} of {record.n_heads} heads are flat (head {worst}: "
+            f"normalised entropy {float(metrics['entropy_norm'][layer, worst]):.2f}, median logit std "
+            f"{float(spread[worst]):.2f} < {t['min_logit_std']:g}). Logits sqrt(d_head) = {factor:.1f} "
+            "times too narrow are what a 1/d_head scale gives."
+        )
+        metric = "flat_head_fraction"
+    message += seen
+    if status == "warn":
+        message += " Too few heads to call it a model-wide bug; worth a look."
+    return Finding(
+        NAME, check, status, message, where=Where(layer=layer, head=worst, sublayer="attn"), metric=metric,
+        value=share, threshold=t["layer_fraction"], fix=fix + f" (the model uses {record.scale:.3g})",
+        details={f"{kind}_heads": heads, **_details(metrics, layer, worst)},
+    )
+
+
+def _healthy_notes(metrics, kinds, layer: int, t: dict[str, float]) -> list[Finding]:
+    """``info`` for sink heads and for sharp heads at a healthy logit scale."""
+    notes = []
+    for kind, check, what in (
+        ("sink", "sink_heads", "attention sink head{s} ({values} of weight on the first token) at a "
+                               "healthy logit scale. Trained models use sinks as a no-op; this is not saturation."),
+        ("sharp", "sharp_heads", "sharp head{s} ({values} of positions one-hot on content tokens) at a "
+                                 "healthy logit scale: previous-token, copy, induction or local heads; not saturation."),
+    ):
+        heads = [h for h in range(kinds[kind].shape[1]) if kinds[kind][layer, h]]
+        if not heads:
+            continue
+        stat = "sink_mass" if kind == "sink" else "content_onehot_fraction"
+        strongest = max(heads, key=lambda h: float(metrics[stat][layer, h]))
+        values = ", ".join(f"H{h} {float(metrics[stat][layer, h]):.0%}" for h in heads)
+        notes.append(Finding(
+            NAME, check, "info",
+            f"layer {layer}: {len(heads)} " + what.format(s="s" if len(heads) > 1 else "", values=values),
+            where=Where(layer=layer, head=strongest), metric=stat,
+            value=round(float(metrics[stat][layer, strongest]), 4),
+            threshold=t["sink_mass"] if kind == "sink" else t["saturated_fraction"],
+            details={f"{kind}_heads": heads, **_details(metrics, layer, strongest)},
         ))
-    return findings
+    return notes

@@ -163,7 +163,8 @@ class Attention(nn.Module):
             if observer is not None:
                 # Unless a hook saw the scores (and may hold them), they are dead after this.
                 observer(AttentionChunk(self.layer, start, scores, probs, visible, query_index,
-                                             self.scale, S, shared=first, writable=not full))
+                                             self.scale, S, shared=first, writable=not full,
+                                             alibi=ctx.alibi))
             z = probs.view(B, K, group * c, n) @ v[:, :, :n]  # (B, K, g*c, Dv)
             outputs.append(z.view(B, H, c, v.shape[-1]))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)

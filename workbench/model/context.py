@@ -41,6 +41,7 @@ class AttentionChunk:
     n_keys: int = 0  # S, all keys of this forward (cached + new); 0 when unknown (= n)
     shared: int = 0  # keys [0, shared) are visible to every row (0 when unknown)
     writable: bool = False  # scores are the path's own temporaries: the observer may overwrite them
+    alibi: torch.Tensor | None = None  # (H,) ALiBi slopes included in scores, None without ALiBi
 
 
 AttentionObserver = Callable[[AttentionChunk], None]

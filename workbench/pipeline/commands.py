@@ -4,7 +4,7 @@ from __future__ import annotations
 
 COMMANDS: dict[str, set[str]] = {
     "diagnose": {"attention", "residual", "routing", "loss", "length", "kv", "timing", "nonfinite"},
-    "attention": {"attention", "nonfinite"},
+    "attention": {"attention", "loss", "nonfinite"},  # the loss tells untrained from broken
     "residual": {"residual", "loss", "nonfinite"},
     "routing": {"routing", "nonfinite"},
     "extrapolation": {"length", "nonfinite"},

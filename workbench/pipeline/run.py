@@ -159,7 +159,8 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
                 findings += routing_collapse.analyze(None, None, is_moe=False)
             recording, wanted = None, wanted - {"attention", "residual", "routing", "loss", "length"}
     labels = token_labels(loaded.tokenizer, probe.tokens[0, :PATTERN_ROWS].tolist())
-    findings += steps.analyze_records(recording, description.n_experts, profile, wanted, sections, probe, labels)
+    findings += steps.analyze_records(recording, description.n_experts, profile, wanted, sections, probe, labels,
+                                      vocab_size=description.vocab_size)
     for concern in ("length", "kv", "timing"):
         if concern in wanted and not backend.supports(concern, description):
             analyzer, reason = NOT_SUPPORTED[concern]

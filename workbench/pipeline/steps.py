@@ -32,8 +32,7 @@ def main_probe(options: Any, profile: Profile, vocab_size: int, positions: str, 
     if length < 2:
         raise RunError(f"--tokens must be at least 2, got {length}")
     cap = max(int(profile.probes["max_tokens"]), length if options.tokens else 0)
-    if positions == "learned":
-        length = min(length, max_positions)
+    length = min(length, max_positions)  # past its claimed context any model looks broken
     try:
         if options.prompt is not None:
             return make_probe("user", length, tokenizer=tokenizer, vocab_size=vocab_size, text=options.prompt)
@@ -49,13 +48,17 @@ def pattern_requests(n_layers: int, n_heads: int, length: int) -> list[PatternRe
 
 
 def analyze_records(recording: Recording | None, n_experts: int, profile: Profile, wanted: set[str],
-                    sections: dict[str, Any], probe: ProbeInput, labels: list[str]) -> list[Finding]:
-    """Findings and report sections from the main probe's records."""
+                    sections: dict[str, Any], probe: ProbeInput, labels: list[str],
+                    vocab_size: int | None = None) -> list[Finding]:
+    """Findings and report sections from the main probe's records (``vocab_size``: chance, log V,
+    against which the probe's loss tells an untrained model from a broken one)."""
     findings: list[Finding] = []
     if recording is None:
         return findings
     if "attention" in wanted:
-        findings += saturation.analyze(recording.attention, profile.thresholds.get(saturation.NAME))
+        loss = recording.loss.mean if recording.loss is not None else None
+        findings += saturation.analyze(recording.attention, profile.thresholds.get(saturation.NAME),
+                                       loss_nats=loss, vocab_size=vocab_size)
         if recording.attention is not None:
             sections["attention"] = {**recording.attention.to_dict(), "probe": probe.name,
                                      "token_labels": labels}

@@ -13,8 +13,11 @@ Statistics (averaged over the batch; position 0 sees one key, so its normalised 
 * ``sink_mass``: weight on the first visible key (the "attention sink").
 * ``mean_distance``: expected query-key distance ``q - k`` in tokens.
 * ``logit_std``: standard deviation of the pre-softmax logits over visible keys (after the
-  model's own scale, and after its soft-cap when it caps: the logits the softmax sees). With 1/sqrt(d_head) scaling it is O(1) in trained models; without it,
-  about sqrt(d_head) times larger.
+  model's own scale and soft-cap, when it caps, as the softmax sees them; before any ALiBi bias:
+  the bias is position, not content). With 1/sqrt(d_head) scaling it is O(1) in trained models;
+  without it, about sqrt(d_head) times larger.
+* ``logit_gap``: the top logit minus the runner-up's (nats; ALiBi bias included, as the softmax
+  sees it). A sharp healthy head wins by a few nats; an unscaled one by tens. NaN with one key.
 
 Full patterns are kept only for requested ``(layer, head)`` pairs and query range, within a byte
 budget, for the HTML pattern viewer.
@@ -30,7 +33,9 @@ import torch
 
 from workbench.model.context import AttentionChunk
 
-STATS = ("entropy", "entropy_norm", "max_prob", "argmax", "sink_mass", "mean_distance", "logit_std")
+STATS = (
+    "entropy", "entropy_norm", "max_prob", "argmax", "sink_mass", "mean_distance", "logit_std", "logit_gap",
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ def chunk_statistics(
     *,
     shared: int = 0,
     writable: bool = False,
+    alibi: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Reduce one chunk: ``probs [B, H, c, S]``, ``visible [B|1, 1, c, S]`` -> each ``[B, H, c]``.
 
@@ -91,6 +97,11 @@ def chunk_statistics(
     causal mask: all keys before the chunk's first query), need no masking. Without ``scores``
     (a backend that only sees probabilities) both come from log-probabilities, which differ
     from the logits by a per-row constant, and the spread is taken in two passes.
+
+    ``alibi`` (``[H]`` slopes) takes ALiBi's ``-m_h (q - k)`` out of the spread: on a long probe
+    that bias alone spreads the logits by ``m_h T / sqrt(12)``, which says nothing about the
+    content logits' scale. The gap (top logit minus the runner-up) keeps it: it is what the
+    softmax sees.
     """
     p = probs.float()
     B, H, c, S = p.shape
@@ -113,20 +124,32 @@ def chunk_statistics(
             shifted = scores.sub_(top)
         else:
             shifted = scores.float() - top
+        # runner-up: hide the top key for one amax (hidden keys are still -inf), then put it back
+        top_slot = argmax[..., None]
+        gap = -shifted.scatter_(-1, top_slot, float("-inf")).amax(-1)  # (B, H, c)
+        shifted.scatter_(-1, top_slot, 0.0)
         shifted[..., shared:].nan_to_num_(neginf=0.0)  # s - m where visible, else 0
-        mean = shifted.sum(-1) / n_visible
-        var = (torch.linalg.vector_norm(shifted, dim=-1).square_() / n_visible - mean.square()).clamp_min_(0)
         expected = torch.einsum("...k,...k->...", p, shifted)  # E_p[s - m]
         entropy = (-torch.log(max_prob) - expected).clamp_min_(0)
+        if alibi is not None:
+            shifted = _without_alibi(shifted, alibi, visible, query_index)
+        mean = shifted.sum(-1) / n_visible
+        var = (torch.linalg.vector_norm(shifted, dim=-1).square_() / n_visible - mean.square()).clamp_min_(0)
     else:
         entropy = -torch.special.xlogy(p, p).sum(-1)
         hidden = ~visible
         logits = torch.log(p.clamp_min(torch.finfo(torch.float32).tiny)).masked_fill_(hidden, 0.0)
+        top_two = p.topk(min(2, S), dim=-1).values  # (B, H, c, 2)
+        tiny = torch.finfo(torch.float32).tiny
+        gap = torch.log(top_two[..., 0]) - torch.log(top_two[..., -1].clamp_min(tiny))
+        if alibi is not None:
+            logits = _without_alibi(logits, alibi, visible, query_index)
         mean = logits.sum(-1) / n_visible
         centred = (logits - mean[..., None]).masked_fill_(hidden, 0.0)
         var = centred.square_().sum(-1) / n_visible
     entropy_norm = torch.where(n_visible > 1, entropy / torch.log(n_visible).clamp_min(1e-12), torch.nan)
     logit_std = torch.where(n_visible > 1, var.sqrt(), torch.nan)
+    logit_gap = torch.where(n_visible > 1, gap, torch.nan)
     return {
         "entropy": entropy,
         "entropy_norm": entropy_norm,
@@ -135,7 +158,20 @@ def chunk_statistics(
         "sink_mass": sink,
         "mean_distance": mean_distance,
         "logit_std": logit_std,
+        "logit_gap": logit_gap,
     }
+
+
+def _without_alibi(
+    logits: torch.Tensor, slopes: torch.Tensor, visible: torch.Tensor, query_index: torch.Tensor
+) -> torch.Tensor:
+    """``logits [B, H, c, S]`` (0 where hidden) minus ALiBi's ``m_h (k - q)``, still 0 where hidden.
+
+    Keys are ``[0, S)`` and ``query_index`` the queries' absolute positions, as in the chunk."""
+    S = logits.shape[-1]
+    distance = torch.arange(S, device=logits.device, dtype=torch.float32)[None, :] - query_index[:, None]  # (c, S)
+    bias = slopes.to(logits.device, torch.float32)[:, None, None] * distance  # (H, c, S)
+    return (logits - bias).masked_fill_(~visible, 0.0)
 
 
 @dataclass
@@ -245,7 +281,7 @@ class AttentionRecorder:
         if layer == 0 and chunk.query_start == 0:
             self._start()
         stats = chunk_statistics(chunk.probs, chunk.visible, chunk.query_index, chunk.scores,
-                                 shared=chunk.shared, writable=chunk.writable)
+                                 shared=chunk.shared, writable=chunk.writable, alibi=chunk.alibi)
         values = torch.stack([stats[name] for name in STATS])  # (stats, B, H, c)
         values = values[:, 0] if B == 1 else torch.nanmean(values, dim=1)
         stop = chunk.query_start + c

@@ -17,6 +17,11 @@ learned-positions   a 64-entry learned position table: raises IndexError past   
                     64 tokens (length_extrapolation)
 rope-short          RoPE trained at 64 tokens: copy loss several times higher   alibi
                     at 4-8x that length (length_extrapolation)
+flat-attention      byte-text with W_q divided by sqrt(d_head) after training:   byte-text
+                    logits at 1/d_head, every head flat (attention_saturation)
+minority-unscaled   byte-text with head 0 of each layer missing 1/sqrt(d_head)  byte-text
+                    (W_q times 8): runaway logits in 1 of 4 heads per layer
+                    (attention_saturation)
 ==================  ==========================================================  ================
 
 Tasks: :class:`CopyTask` (repeated random blocks; only the repeats carry loss, so the model

@@ -14,7 +14,7 @@ import torch
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
 from workbench.zoo.specs import MEMBERS, _spec
-from workbench.zoo.training import _init_weights, _train, _training_threads
+from workbench.zoo.training import _init_weights, _train, _training_threads, _write_q_scale
 
 ZOO_FILE = "zoo.json"
 
@@ -34,6 +34,8 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
         _init_weights(model, spec.init)
         generator = torch.Generator(device="cpu").manual_seed(seed + 1)
         final_loss = _train(model, spec, generator, steps)
+        if spec.q_scale != 1.0:
+            _write_q_scale(model, spec.q_scale, spec.q_scale_heads)
     path = save_checkpoint(model, Path(folder) / name)
     provenance = {
         "member": name,

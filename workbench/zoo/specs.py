@@ -13,6 +13,7 @@ from workbench.zoo.tasks import (
     VOCAB_SIZE,
     CopyTask,
     Task,
+    TextTask,
     TopicTask,
 )
 
@@ -52,6 +53,11 @@ class ZooSpec:
     warmup_steps: int = 100
     init: InitKind = "default"
     balance_loss: float = 0.0  # coefficient of the Switch load-balancing loss; 0 = none
+    # A temperature bug written into the trained weights: W_q rows of these heads (None: all) in
+    # every layer times q_scale, which multiplies their logits by exactly q_scale (RoPE rotates
+    # within a head). 1.0 = none.
+    q_scale: float = 1.0
+    q_scale_heads: tuple[int, ...] | None = None
 
 
 def _config(name: str, **changes: object) -> DecoderConfig:
@@ -71,6 +77,8 @@ def _config(name: str, **changes: object) -> DecoderConfig:
 
 
 _SATURATION = dict(n_heads=2, d_head=128)
+# Heads of SmolLM2's width (64): sqrt(d_head) = 8, the factor a temperature bug costs.
+_TEXT_HEADS = dict(n_heads=4, d_head=64)
 
 
 # top-1 with the chosen probability renormalised (Mixtral's norm_topk_prob): the gate weight is
@@ -123,6 +131,56 @@ MEMBERS: dict[str, ZooSpec] = {
             task=TopicTask(),
             steps=400,
             init="unit_qk",
+        ),
+        ZooSpec(
+            name="byte-text",
+            description=(
+                "A healthy byte-level language model (4 heads of 64, RoPE) trained on the shipped "
+                "corpus read as bytes, the analyzers' own natural probe: its local heads are "
+                "legitimately sharp. The healthy twin of flat-attention and minority-unscaled, "
+                "which are this model with a temperature bug written into its weights."
+            ),
+            config=_config("byte-text", **_TEXT_HEADS),
+            expect=GroundTruth("attention_saturation", "saturated_layer", None),
+            task=TextTask(),
+        ),
+        ZooSpec(
+            name="flat-attention",
+            description=(
+                "byte-text with logits at 1/d_head instead of 1/sqrt(d_head): every head's W_q "
+                "divided by sqrt(64) = 8 after training (a conversion that applied the scale "
+                "twice). Every head averages its context."
+            ),
+            config=_config("flat-attention", **_TEXT_HEADS),
+            expect=GroundTruth(
+                "attention_saturation",
+                "flat_layer",
+                "fail",
+                tuple(Where(layer=layer, sublayer="attn") for layer in _BOTH_LAYERS),
+                note="both layers, every head: normalised entropy near 1, logit spread 8x narrower",
+            ),
+            healthy_twin="byte-text",
+            task=TextTask(),
+            q_scale=0.125,
+        ),
+        ZooSpec(
+            name="minority-unscaled",
+            description=(
+                "byte-text with head 0 of every layer missing its 1/sqrt(d_head): its W_q "
+                "multiplied by sqrt(64) = 8 after training. One head of four in every layer."
+            ),
+            config=_config("minority-unscaled", **_TEXT_HEADS),
+            expect=GroundTruth(
+                "attention_saturation",
+                "saturated_layer",
+                "fail",
+                tuple(Where(layer=layer, head=0, sublayer="attn") for layer in _BOTH_LAYERS),
+                note="both layers: head 0 with runaway logits (8x wider) and collapsed attention",
+            ),
+            healthy_twin="byte-text",
+            task=TextTask(),
+            q_scale=8.0,
+            q_scale_heads=(0,),
         ),
         ZooSpec(
             name="moe-collapsed",

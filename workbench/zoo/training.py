@@ -55,6 +55,18 @@ def _init_weights(model: HookedDecoder, init: InitKind) -> None:
                 router_ED[0] += direction
 
 
+def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] | None) -> None:
+    """Multiply the W_q rows (and bias) of ``heads`` (None: all) in every layer by ``factor``."""
+    d_head = model.config.d_head
+    with torch.no_grad():
+        for attn in model.attention_modules():
+            for head in range(model.config.n_heads) if heads is None else heads:
+                rows = slice(head * d_head, (head + 1) * d_head)
+                attn.q.weight[rows] *= factor
+                if attn.q.bias is not None:
+                    attn.q.bias[rows] *= factor
+
+
 def _balance_loss(router_logits: list[torch.Tensor], n_experts: int) -> torch.Tensor:
     """Switch Transformer's E * sum_i f_i * P_i, averaged over MoE layers.
 
