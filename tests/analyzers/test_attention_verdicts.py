@@ -100,6 +100,10 @@ def healthy(bugged) -> dict:
     return {"loss": bugged.loss(), "findings": bugged.diagnose(), "first_token": bugged.first_token_mass()}
 
 
+def sink_head_count(findings: list[dict]) -> int:
+    return sum(len(f["details"]["sink_heads"]) for f in findings if f["check"] == "sink_heads")
+
+
 def failing_layers(findings: list[dict], check: str) -> list[int]:
     return sorted({f["where"]["layer"] for f in findings if f["check"] == check and f["status"] == "fail"})
 
@@ -125,11 +129,13 @@ def test_missing_sqrt_d_scale_fails_in_every_layer_of_a_saved_checkpoint(bugged,
     model.config.quantization_config = None
     model.save_pretrained(tmp_path)
     bugged.tokenizer.save_pretrained(tmp_path)
-    report = run(str(tmp_path), RunOptions(command="attention", profile="default", tokens=PROBE_TOKENS))
+    report = run(str(tmp_path), RunOptions(command="attention", profile="default", tokens=PROBE_TOKENS)).report
     findings = [f for f in report["findings"] if f["analyzer"] == "attention_saturation"]
     layers = failing_layers(findings, "saturated_layer")
     assert len(layers) >= 27, layers  # location is part of the verdict: (nearly) every layer
-    assert not [f for f in findings if f["check"] == "sink_heads"]
+    # almost none of the healthy model's sinks is still called a sink: they are one-hot on token 0
+    # with runaway logits now (the few left kept a spread under the limit)
+    assert sink_head_count(findings) <= sink_head_count(healthy["findings"]) // 10
     runaway = {(f["where"]["layer"], h) for f in findings if f["status"] == "fail" for h in f["details"]["runaway_heads"]}
     assert on_first and len(on_first - runaway) <= len(on_first) // 10, sorted(on_first - runaway)
 
