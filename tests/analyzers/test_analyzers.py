@@ -8,11 +8,13 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_DECODERS
 
 from workbench.analyzers import length_extrapolation, nonfinite, routing_collapse, saturation
 from workbench.config import DecoderConfig
 from workbench.measurements.length import LengthProbe, LengthRecord
 from workbench.model.decoder import HookedDecoder
+from workbench.recorders import record
 from workbench.recorders.attention import STATS, AttentionRecord
 from workbench.recorders.nonfinite import ActivationWatch, scan_weights
 from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
@@ -286,3 +288,23 @@ def test_default_profile_carries_every_analyzer_threshold_with_its_source():
         assert module.thresholds_from(None) == values
         name = next(iter(values))
         assert merged_thresholds(module.NAME, {name: 123})[name] == 123
+
+
+@torch.no_grad()
+def test_alibi_bias_is_not_logit_spread_on_a_long_probe(tiny_decoder):
+    """A BLOOM-like ALiBi decoder probed at 1,024 tokens: ALiBi's -m_h (q - k) alone spreads the
+    steepest head's logits by about m T / sqrt(12) (over 100 here), far past max_logit_std, yet it
+    is position, not content. The recorder leaves it out of the spread, so nothing warns."""
+    model = tiny_decoder(TINY_DECODERS["alibi"].replace(max_positions=2048))
+    tokens = torch.randint(0, model.config.vocab_size, (1, 1024), generator=torch.Generator().manual_seed(0))
+    scores = []
+    with model.hooks([(lambda name: name.endswith("attn.hook_attn_scores"), lambda x, point: scores.append(x))]):
+        model(tokens)
+    with_bias = torch.where(torch.isfinite(scores[0]), scores[0], torch.nan)[0, :, 512:]  # (H, q, S)
+    spread_with_bias = torch.nanmean((with_bias - torch.nanmean(with_bias, -1, keepdim=True)) ** 2, -1).sqrt()
+    assert float(spread_with_bias.median(dim=-1).values.max()) > 5 * saturation.thresholds_from(None)["max_logit_std"]
+    with record(model, attention=True) as recording:
+        model(tokens)
+    assert float(torch.nanmedian(recording.attention.stats["logit_std"])) < 2.0
+    findings = saturation.analyze(recording.attention)
+    assert [f for f in findings if f.check == "saturated_layer" and f.status != "pass"] == []

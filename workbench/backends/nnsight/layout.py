@@ -13,6 +13,7 @@ from torch import nn
 
 from workbench.errors import BackendError
 from workbench.loading.families import window_per_layer
+from workbench.model.positions import alibi_slopes
 
 MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "moe")
 
@@ -44,6 +45,7 @@ class HFLayout:
     n_experts: int
     top_k: int
     norm_topk_prob: bool
+    alibi: torch.Tensor | None = None  # (H,) ALiBi slopes (BLOOM, Falcon with alibi), else None
 
     @property
     def n_layers(self) -> int:
@@ -149,7 +151,9 @@ def describe(hf_model: nn.Module) -> HFLayout:
     n_heads = int(_first(config, "num_attention_heads", "n_head", "num_heads"))
     d_head = int(_first(config, "head_dim", default=0) or _first(config, "hidden_size", "n_embd") // n_heads)
     scale = getattr(getattr(layers[0], parts[0].attention), "scaling", None)
+    uses_alibi = getattr(config, "model_type", None) == "bloom" or getattr(config, "alibi", False) is True
     return HFLayout(
+        alibi=alibi_slopes(n_heads) if uses_alibi else None,
         layers_path=layers_path,
         layers=tuple(parts),
         final_norm_path=_final_norm(hf_model, layers_path),

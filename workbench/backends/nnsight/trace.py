@@ -159,7 +159,8 @@ class _Collector:
             # scores=None: chunk_statistics takes the logit spread from log-probabilities.
             self.attention.observe(
                 AttentionChunk(
-                    part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale, S
+                    part.index, start, None, probs, visible, query_index[start:stop], self.layout.scale, S,
+                    alibi=self.layout.alibi,
                 )
             )
 
