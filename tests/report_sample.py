@@ -70,6 +70,7 @@ def _attention(rng: random.Random, config: Any, labels: list[str], n_tokens: int
                 "entropy": entropy_norm * math.log(n_tokens / 2), "entropy_norm": entropy_norm,
                 "max_prob": max_prob, "argmax": n_tokens / 3, "sink_mass": sink,
                 "mean_distance": rng.uniform(5, n_tokens / 4), "logit_std": rng.uniform(1.5, 4.5),
+                "logit_gap": rng.uniform(0.5, 4.0),
             }  # fmt: skip
             for stat in ATTENTION_STATS:
                 rows[stat].append(_round(values[stat]))
