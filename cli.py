@@ -9,8 +9,16 @@ Exit codes: 0 no ``fail`` finding, 1 at least one ``fail``, 2 bad input or usage
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
+import subprocess
 import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,17 +30,20 @@ app = typer.Typer(
     name="workbench",
     help="Transformer Workbench: look inside decoder-only transformers and find what is wrong.\n\n"
     "Run `workbench diagnose` to check the embedded SmolLM2-135M, or `workbench diagnose CKPT` for "
-    "your checkpoint (a transformers folder, a .gguf file or a workbench checkpoint).",
+    "your checkpoint (a transformers folder, a .gguf file or a workbench checkpoint).\n\n"
+    "Exit codes: 0 no fail finding, 1 at least one fail, 2 bad input or usage.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 zoo_app = typer.Typer(help="Tiny checkpoints with known pathologies and their healthy twins.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(zoo_app, name="zoo")
 
 out = Console()
 err = Console(stderr=True)
+LOG_EVERY_SECONDS = 30  # without a terminal (CI logs), progress inside a forward at most this often
 
 Checkpoint = Annotated[
     str | None,
@@ -41,13 +52,19 @@ Checkpoint = Annotated[
 ]
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Run profile: a name (default, ci, long) "
                                          "or a TOML file.")]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device to run on (cpu, cuda, cuda:1).")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device to run on: cpu, cuda, cuda:1, mps. Not a catalog "
+                                              "name such as h100-sxm: that is `workbench kv --device`.")]
 DtypeOpt = Annotated[str, typer.Option(help="Compute dtype: float32, bfloat16 or float16.")]
 TokensOpt = Annotated[int | None, typer.Option(min=2, max=1_048_576,
                                                help="Main probe length in tokens (default: the profile's).")]
 PromptOpt = Annotated[str | None, typer.Option(help="Probe on this text instead of the shipped corpus.")]
 TextOpt = Annotated[Path | None, typer.Option(help="Probe on the text in this file.")]
-OutOpt = Annotated[Path | None, typer.Option(help="Report folder (default: reports/<model>-<UTC time>).")]
+OutOpt = Annotated[Path | None, typer.Option(help="Report folder, absent or empty (default: "
+                                                   "reports/<model>-<UTC time>).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that already holds files "
+                                                        "(an earlier report there is replaced).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' warnings and log "
+                                                                  "messages (hidden by default).")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write report.json to this path.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the status and the report path.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for probe inputs (default: the profile's).")]
@@ -60,13 +77,56 @@ class BadInput(Exception):
 
 
 def _fail_input(message: str) -> typer.Exit:
-    # Text, not markup: a message may hold "[probes]" or other brackets rich would eat.
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    from workbench.report.text import printable
+
+    # Text, not markup: a message may hold "[probes]" or other brackets rich would eat; printable:
+    # a path or a token in it may hold escape sequences, which must never reach the terminal raw.
+    err.print(Text.assemble(("error:", "bold red"), " ", printable(message)), highlight=False, soft_wrap=True)
     return typer.Exit(2)
+
+
+def _note(message: str) -> None:
+    from workbench.report.text import printable
+
+    err.print(Text.assemble(("note:", "bold yellow"), " ", printable(message)), highlight=False, soft_wrap=True)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _version(value: bool) -> None:
+    if value:
+        from workbench import __version__
+
+        out.print(f"workbench {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    # The app's help is Typer(help=...); this callback only adds --version.
+    return None
+
+
+@contextmanager
+def _library_output(verbose: bool) -> Iterator[None]:
+    """Hide the libraries' warnings (torch, transformers, accelerate) and log records below ERROR,
+    unless ``verbose``: what the user needs is in the workbench's own messages."""
+    if verbose:
+        yield
+        return
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -95,50 +155,77 @@ def _read_text(path: Path | None, prompt: str | None) -> str | None:
     return text
 
 
+def _preflight(device: str, dtype: str, out_dir: Path | None, json_path: Path | None, force: bool) -> str:
+    """Everything about the options that can be checked before a model loads; returns the device
+    as torch names it. Notes (a slow dtype) go to stderr."""
+    from workbench.pipeline.preflight import check_device, check_output_file, check_report_folder, dtype_notes
+
+    device = check_device(device)
+    check_report_folder(out_dir, force=force)
+    check_output_file(json_path, "--json")
+    for note in dtype_notes(device, dtype):
+        _note(note)
+    return device
+
+
 def _run_command(command: str, checkpoint: str | None, profile: str, device: str, dtype: str,
                  tokens: int | None, prompt: str | None, text: Path | None, out_dir: Path | None,
-                 json_path: Path | None, quiet: bool, seed: int | None, backend: str = "native") -> None:
+                 json_path: Path | None, quiet: bool, seed: int | None, backend: str = "native",
+                 force: bool = False, verbose: bool = False) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    with _library_output(verbose):
+        try:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from workbench.pipeline import run as pipeline
-        from workbench.report.terminal import render
+            from workbench.pipeline import run as pipeline
+            from workbench.report.terminal import render
+            from workbench.report.text import printable
 
-        user_errors = _user_errors()
-    except ImportError as error:  # pragma: no cover - broken install
-        raise _fail_input(f"cannot import the workbench ({error})") from None
-    try:
-        prompt_text = _read_text(text, prompt)
-        options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
-                                      device=device, dtype=dtype, seed=seed, backend=backend)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err, transient=True, disable=quiet) as progress:
-            task = progress.add_task("starting", total=None)
+            user_errors = _user_errors()
+        except ImportError as error:  # pragma: no cover - broken install
+            raise _fail_input(f"cannot import the workbench ({error})") from None
+        try:
+            device = _preflight(device, dtype, out_dir, json_path, force)
+            prompt_text = _read_text(text, prompt)
+            options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
+                                          device=device, dtype=dtype, seed=seed, backend=backend)
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                          console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+                task = progress.add_task("starting", total=None)
+                current = {"step": "starting", "logged": time.monotonic()}
 
-            def step(message: str) -> None:
-                progress.update(task, description=message)
-                if not err.is_terminal and not quiet:  # logs (CI): one line per step
-                    err.print(Text(f"... {message}"), highlight=False, soft_wrap=True)
+                def step(message: str) -> None:
+                    current["step"] = printable(message)
+                    progress.update(task, description=current["step"])
+                    if not err.is_terminal and not quiet:  # logs (CI): one line per step
+                        err.print(Text(f"... {current['step']}"), highlight=False, soft_wrap=True)
+                        current["logged"] = time.monotonic()
 
-            result = pipeline.run(checkpoint, options, progress=step)
-            report = result.report
-            progress.update(task, description="writing the report")
-            folder = pipeline.write(result, out_dir)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text((folder / "report.json").read_text(encoding="utf-8"), encoding="utf-8")
-    except user_errors as error:
-        raise _fail_input(str(error)) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: no report was written")
-        raise typer.Exit(130) from None
+                def layer(tick: Any) -> None:
+                    progress.update(task, description=f"{current['step']} \u00b7 {tick.describe()}")
+                    # logs: a line when a forward has run half a minute without one
+                    if not err.is_terminal and not quiet and time.monotonic() - current["logged"] > LOG_EVERY_SECONDS:
+                        err.print(Text(f"... {current['step']}: {tick.describe()}"), highlight=False, soft_wrap=True)
+                        current["logged"] = time.monotonic()
+
+                result = pipeline.run(checkpoint, options, progress=step, on_layer=layer)
+                report = result.report
+                progress.update(task, description="writing the report")
+                folder = pipeline.write(result, out_dir, force=force)
+            if json_path is not None:
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text((folder / "report.json").read_text(encoding="utf-8"), encoding="utf-8")
+        except user_errors as error:
+            raise _fail_input(str(error)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: no report was written")
+            raise typer.Exit(130) from None
     status = report["summary"]["status"]
     if quiet:
-        out.print(f"{status} {folder}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"{status} {printable(folder)}", highlight=False, markup=False, soft_wrap=True)
     else:
         render(report, out, folder=folder)
-        out.print(Text.assemble("report: ", (str(folder / "report.html"), "bold")), highlight=False,
+        out.print(Text.assemble("report: ", (printable(folder / "report.html"), "bold")), highlight=False,
                   soft_wrap=True)
     raise typer.Exit(1 if status == "fail" else 0)
 
@@ -157,9 +244,10 @@ def _analysis_command(command: str):
     def handler(checkpoint: Checkpoint = None, profile: ProfileOpt = "default", device: DeviceOpt = "cpu",
                 dtype: DtypeOpt = "float32", tokens: TokensOpt = None, prompt: PromptOpt = None,
                 text: TextOpt = None, out: OutOpt = None, json_path: JsonOpt = None, quiet: QuietOpt = False,
-                seed: SeedOpt = None, backend: BackendOpt = "native") -> None:
+                seed: SeedOpt = None, backend: BackendOpt = "native", force: ForceOpt = False,
+                verbose: VerboseOpt = False) -> None:
         _run_command(command, checkpoint, profile, device, dtype, tokens, prompt, text, out, json_path, quiet,
-                     seed, backend)
+                     seed, backend, force=force, verbose=verbose)
 
     handler.__doc__ = ANALYSIS_COMMANDS[command]
     handler.__name__ = f"{command}_command"
@@ -174,7 +262,9 @@ for _name in ANALYSIS_COMMANDS:
 def kv(
     model: Annotated[str, typer.Argument(help="Architecture profile name (llama-3.1-8b, see `workbench "
                                               "profiles`), checkpoint folder, config.json or .gguf.")],
-    device: Annotated[str | None, typer.Option(help="Device from the catalog (see `workbench devices`).")] = None,
+    device: Annotated[str | None, typer.Option(help="Device from the catalog: h100-sxm, a100-80gb, l4, ... (see "
+                                                    "`workbench devices`). Not a torch device such as cuda: "
+                                                    "nothing runs, memory is planned.")] = None,
     context: Annotated[int | None, typer.Option(min=1, help="Tokens per sequence (default: the model's "
                                                             "max_positions).")] = None,
     batch: Annotated[int | None, typer.Option(min=1, help="Concurrent sequences.")] = None,
@@ -190,7 +280,10 @@ def kv(
     """Plan KV-cache memory without loading weights: does (batch, context) fit on a device?"""
     try:
         from workbench.pipeline.kv import kv_report
+        from workbench.pipeline.preflight import check_catalog_device
 
+        if device is not None:
+            check_catalog_device(device)
         result = kv_report(model, device=device, context=context, batch=batch, tp=tp, kv_dtype=kv_dtype,
                            utilization=utilization, block_size=block_size, weights_dtype=weights_dtype,
                            profile=profile)
@@ -248,24 +341,75 @@ def check(
     checkpoint: Checkpoint = None,
     profile: ProfileOpt = "default",
     junitxml: Annotated[Path | None, typer.Option(help="Write JUnit XML here (pytest --junitxml).")] = None,
+    verbose: VerboseOpt = False,
     pytest_args: Annotated[list[str] | None, typer.Argument(help="Extra pytest arguments after --.",
                                                             show_default=False)] = None,
 ) -> None:
     """Run the probes test suite on a checkpoint: one pytest test per finding, fail = test failure."""
-    import subprocess
-
     import workbench.probes
 
+    with _library_output(verbose):
+        try:
+            from workbench.loading.checkpoint import load_config
+            from workbench.pipeline.preflight import check_output_file
+            from workbench.settings import load_profile
+
+            # Bad input is one line, here, before pytest starts (and prints its banner).
+            load_profile(profile)
+            load_config(checkpoint)
+            check_output_file(junitxml, "--junitxml")
+        except _user_errors() as error:
+            raise _fail_input(str(error)) from None
     probes_dir = Path(workbench.probes.__file__).parent
     command = [sys.executable, "-m", "pytest", str(probes_dir), "-p", "no:cacheprovider",
                "--profile", profile, "-q"]
+    if not verbose:
+        command += ["-W", "ignore"]
     if checkpoint is not None:
         command += ["--checkpoint", checkpoint]
     if junitxml is not None:
         command += [f"--junitxml={junitxml}"]
     command += list(pytest_args or [])
-    code = subprocess.call(command)
+    code, problem = _run_probes(command)
+    if problem:
+        raise _fail_input(problem)
     raise typer.Exit(0 if code == 0 else (1 if code == 1 else 2))
+
+
+def _run_probes(command: list[str]) -> tuple[int, str | None]:
+    """Run pytest, passing its output through as it comes. When the suite refuses the checkpoint
+    (bad input found while loading it), the probes' conftest writes the one-line reason to the file
+    named by WORKBENCH_CHECK_ERROR_FILE and pytest exits 2; its own "!!! Exit" lines are held back
+    so the user reads the one line. Returns (exit code, that line or None)."""
+    with tempfile.TemporaryDirectory(prefix="workbench-check-") as folder:
+        error_file = Path(folder) / "error.txt"
+        env = {**os.environ, "WORKBENCH_CHECK_ERROR_FILE": str(error_file)}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert process.stdout is not None
+        held = b""
+        passing = False  # True once real output has been seen: stream everything from then on
+        try:
+            while chunk := os.read(process.stdout.fileno(), 4096):
+                if passing:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                    continue
+                held += chunk
+                if held.strip():
+                    if error_file.exists():
+                        continue  # the refusal: drop pytest's report of it
+                    passing = True
+                    sys.stdout.buffer.write(held)
+                    sys.stdout.buffer.flush()
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise typer.Exit(130) from None
+        problem = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else None
+        if problem is None and held and not passing:
+            sys.stdout.buffer.write(held)
+        return code, (problem if code == 2 else None)
 
 
 @zoo_app.command("build")

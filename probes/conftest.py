@@ -9,6 +9,8 @@ findings it covers; ``warn`` findings are shown but do not fail.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,4 +35,8 @@ def diagnosis(request: pytest.FixtureRequest) -> dict[str, Any]:
     try:
         return run(request.config.getoption("--checkpoint"), options).report
     except (CheckpointError, RunError, ValueError) as error:
+        # `workbench check` names this file: it prints the one line instead of pytest's report
+        error_file = os.environ.get("WORKBENCH_CHECK_ERROR_FILE")
+        if error_file:
+            Path(error_file).write_text(str(error), encoding="utf-8")
         pytest.exit(f"cannot diagnose the checkpoint: {error}", returncode=2)

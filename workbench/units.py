@@ -71,3 +71,14 @@ def format_seconds(value: float | None) -> str:
     if abs(value) >= 1e-3:
         return f"{value * 1e3:,.2f} ms"
     return f"{value * 1e6:,.1f} \u00b5s"
+
+
+def format_duration(seconds: float) -> str:
+    """A wait as people say it: ``8 s``, ``1 min 40 s``, ``14 min``, ``3.0 h``."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 600:
+        return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

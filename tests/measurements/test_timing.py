@@ -60,7 +60,7 @@ def profiled(request, tmp_path_factory):
     capture = Capture()
     out_dir = tmp_path_factory.mktemp(config.name)
     record = profile_forward(
-        model, input_ids, out_dir=out_dir, run_name=config.name, warmup=1, steps=2, forward=capture
+        model, input_ids, out_dir=out_dir, run_name=config.name, warmup=1, profiled_steps=2, forward=capture
     )
     return model, input_ids, reference, capture, record, out_dir
 
@@ -71,7 +71,8 @@ def profiled(request, tmp_path_factory):
 def test_profiling_does_not_change_logits(profiled):
     model, input_ids, reference, capture, record, _ = profiled
     # warm-up + timed runs without the profiler, then warm-up + active steps under it
-    assert len(capture.outputs) == 2 * (record.warmup + record.steps)
+    assert record.steps == 3  # the default: wall_seconds is a median of three
+    assert len(capture.outputs) == (record.warmup + record.steps) + (record.warmup + record.profiled_steps)
     for logits in capture.outputs:
         assert torch.equal(logits, reference)
     with torch.no_grad():
@@ -90,7 +91,7 @@ def test_hooks_removed_when_forward_raises():
 
     def fail_when_profiled(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         calls.append(1)
-        if len(calls) > 2:  # the two unprofiled runs pass; the first profiled one raises
+        if len(calls) > 4:  # the four unprofiled runs pass; the first profiled one raises
             raise RuntimeError("boom")
         return model(input_ids)
 
@@ -115,7 +116,9 @@ def test_ranges_closed_when_model_raises_mid_block():
 
 def test_chrome_trace_has_block_and_sublayer_ranges(profiled):
     model, _, _, _, record, out_dir = profiled
-    assert record.chrome_trace == out_dir / "trace" / model.config.name / "trace.json"
+    # one file, for TensorBoard and Perfetto alike (a *.pt.trace.json is a Chrome trace)
+    assert record.chrome_trace == record.tensorboard_traces[0]
+    assert [p.name for p in (out_dir / "trace" / model.config.name).iterdir()] == [record.chrome_trace.name]
     trace = json.loads(record.chrome_trace.read_text())
     names = {event.get("name") for event in trace["traceEvents"]}
     expected = {"blocks.0", "blocks.0.attn", "blocks.0.mlp", "blocks.1", "blocks.1.attn", "blocks.1.mlp"}
@@ -163,7 +166,7 @@ def test_trace_loads_in_torch_tb_profiler(profiled):
     profile = run.get_profile(run.workers[0], spans[0])
     assert profile is not None, "the loader found the file but failed to parse it"
     assert {"overall", "operator", "trace"} <= {view.name for view in profile.views}
-    assert len(profile.overview["steps"]["rows"]) == record.steps  # one row per ProfilerStep
+    assert len(profile.overview["steps"]["rows"]) == record.profiled_steps  # one row per ProfilerStep
     operators = {row["name"]: row for row in profile.operation_table_by_name["data"]}
     assert operators["aten::mm"]["calls"] > 0
     assert operators["aten::mm"]["host_self_duration"] > 0
@@ -189,6 +192,11 @@ def test_component_times_within_profiled_wall_time(profiled):
     assert totals["outside_blocks_us"] >= 0
     # ...and the ranges are most of the step, not a sliver of it (the timer wraps little else).
     assert totals["forward_us"] >= 0.5 * profiled_us
+    # The parts add up to the whole, exactly, and none exceeds it (what the terminal shows).
+    parts = [totals[key] for key in ("attn_us", "mlp_us", "router_us", "other_us", "outside_blocks_us")]
+    assert sum(parts) == pytest.approx(totals["forward_us"], rel=1e-9)
+    assert all(0 <= part <= totals["forward_us"] for part in parts)
+    assert all(op["self_cpu_us"] <= totals["forward_us"] for op in record.top_ops)
 
 
 def test_record_summary(profiled):
@@ -208,7 +216,7 @@ def test_record_summary(profiled):
 
     data = json.loads(json.dumps(record.to_dict()))
     run = model.config.name
-    assert data["chrome_trace"] == f"trace/{run}/trace.json"
+    assert data["chrome_trace"] == data["tensorboard_traces"][0]
     assert data["trace_dir"] == f"trace/{run}"
     assert data["tensorboard_traces"][0].startswith(f"trace/{run}/")
     assert (out_dir / data["tensorboard_traces"][0]).is_file()

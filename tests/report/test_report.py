@@ -18,6 +18,7 @@ from report_sample import HOSTILE_STRINGS, sample_report
 from rich.console import Console
 
 from workbench.report import writer
+from workbench.report.compact import compact
 from workbench.report.figures import kv_figures, length_figures, moving_average, pattern_figures
 from workbench.report.html import plotly_js, render_html, script_json
 from workbench.report.schema import SECTIONS, TIME_FIELDS, strip_time_fields, validate
@@ -125,7 +126,7 @@ def test_write_report_layout_and_json_round_trip(report: dict, tmp_path: Path) -
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json"]
     text = (folder / "report.json").read_text(encoding="utf-8")
     loaded = json.loads(text)
-    assert loaded == to_jsonable(report)
+    assert loaded == compact(to_jsonable(report))  # the stored form: see test_report_store.py
     assert loaded["findings"][1]["value"] is None
     assert text == dumps(loaded) and text.endswith("}\n")  # sorted keys, scalar lists on one line
     assert validate(loaded) == []
@@ -139,9 +140,10 @@ def test_write_report_never_overwrites(report: dict, tmp_path: Path) -> None:
                      "mixtral-8x7b-20261123T145500Z-3"]  # fmt: skip
     assert all((folder / "report.json").is_file() for folder in folders)
     explicit = write_report(report, tmp_path / "mine", reports_root=tmp_path / "unused")
-    again = write_report(report, tmp_path / "mine")
-    assert (explicit.name, again.name) == ("mine", "mine-2")
-    assert not (tmp_path / "unused").exists()
+    assert explicit == tmp_path / "mine"
+    with pytest.raises(ReportError, match="holds files"):  # a named folder is never silently "mine-2"
+        write_report(report, tmp_path / "mine")
+    assert not (tmp_path / "unused").exists() and not (tmp_path / "mine-2").exists()
 
 
 def test_empty_run_id_becomes_the_folder_name(report: dict, tmp_path: Path) -> None:
@@ -375,6 +377,8 @@ def test_findings_table(report: dict) -> None:
 
 def test_summary_panel_and_render(report: dict) -> None:
     report["kv"] = None
+    report["findings"] = [f for f in report["findings"] if f["analyzer"] != "kv_memory"]
+    report["summary"]["analyzers"].pop("kv_memory")
     text = _text(summary_panel(report))
     assert "mixtral-8x7b" in text and "overall FAIL" in text and "not run: kv" in text
     console = Console(width=160, record=True, color_system=None)
@@ -383,17 +387,31 @@ def test_summary_panel_and_render(report: dict) -> None:
     assert "5 passing checks not shown" in output and "logit_scale" not in output
 
 
+def test_a_section_its_analyzer_skipped_is_not_also_not_run(report: dict) -> None:
+    """`workbench routing` on a dense model: routing_collapse says skip (no MoE layers) and the
+    routing section is empty; the header says skip once, never "not run" as well."""
+    report["routing"] = None
+    report["summary"]["analyzers"]["routing_collapse"] = "skip"
+    text = _text(summary_panel(report))
+    assert "routing_collapse skip" in text and "not run" not in text
+    report["summary"]["analyzers"].pop("routing_collapse")
+    assert "not run: routing" in _text(summary_panel(report))
+
+
 def test_timing_block_says_where_the_time_goes(report: dict, tmp_path) -> None:
     timing = report["timing"]
     text = _text(timing_block(timing, tmp_path))
     totals = timing["components"]["totals"]
-    mlp_share = f"({totals['mlp_us'] / totals['forward_us']:.0%})"
-    assert "for 1 x 512 tokens on cpu (median of 3 runs)" in text
-    assert "MLP " in text and mlp_share in text  # the share of the forward, from the totals
+    mlp_share = f"MLP {totals['mlp_us'] / totals['forward_us']:.0%}"
+    assert "per forward of 1 x 512 tokens on cpu (median of 3 runs, without the profiler)" in text
+    assert "per forward under the profiler (its overhead included)" in text
+    assert mlp_share in text  # a share of the profiled forward, from the totals
     heaviest = text[text.index("top ops (CPU)"):]
     assert heaviest.index("aten::mm") < heaviest.index("aten::bmm") < heaviest.index("aten::_softmax")
     assert "aten::copy_" not in text  # the top 5 only
     assert str(tmp_path / "trace/smoke/trace.json") in text
+    shares = [int(share) for share in re.findall(r"(\d+)%", text[text.index("profiled"):text.index("trace")])]
+    assert shares and max(shares) <= 100  # no part exceeds its whole
     console = Console(width=160, record=True, color_system=None)
     render(report, console, folder=tmp_path)
     assert "top ops (CPU)" in console.export_text()

@@ -208,3 +208,71 @@ def test_a_real_pipeline_report_with_a_hostile_prompt(browser: Any, tmp_path: Pa
     assert page.evaluate("document.querySelectorAll('.js-plotly-plot').length") >= 8
     assert "<script>window.__xss=9</script>" in page.text_content("body")
     loaded.page.context.close()
+
+
+def test_fix_column_only_when_a_finding_has_a_fix(browser: Any, tmp_path: Path) -> None:
+    """The fix column holds what to do, a skip's remedy included; a report without any fix has no
+    empty column."""
+    report = sample_report()
+    skips = [f for f in report["findings"] if f["status"] == "skip"]
+    skips[0]["fix"] = "Raise probes.max_tokens in the run profile."
+    loaded = open_report(browser, report, tmp_path / "with.html")
+    page = loaded.page
+    try:
+        headers = page.locator("#findings-table thead th").all_text_contents()
+        assert headers[-1] == "fix"
+        row = page.locator("#findings-table tbody tr[data-status=skip]", has_text=skips[0]["message"])
+        assert row.locator("td.fix").text_content() == "Raise probes.max_tokens in the run profile."
+    finally:
+        page.context.close()
+    for finding in report["findings"]:
+        finding["fix"] = None
+    loaded = open_report(browser, report, tmp_path / "without.html")
+    page = loaded.page
+    try:
+        assert "fix" not in page.locator("#findings-table thead th").all_text_contents()
+        assert page.locator("#findings-table td.fix").count() == 0
+        assert loaded.console_errors == [] and loaded.page_errors == []
+    finally:
+        page.context.close()
+
+
+def test_a_stored_report_shows_readable_tokens_and_a_causal_pattern(browser: Any, tmp_path: Path) -> None:
+    """A checkpoint without a tokenizer (as the zoo's): its byte probe is labelled with characters,
+    not ids ("#104"); the page is the one the writer stores (compact patterns), whose viewer leaves
+    the keys after each query blank."""
+    import json
+
+    import torch
+
+    from workbench.config import DecoderConfig
+    from workbench.loading.native import save_checkpoint
+    from workbench.model.decoder import HookedDecoder
+    from workbench.pipeline.run import RunOptions, run, write
+
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=48,
+                           max_positions=64, name="bytes")
+    folder = save_checkpoint(HookedDecoder(config), tmp_path / "ckpt")
+    options = RunOptions(command="attention", profile="ci", prompt="hello, world\n\u00e9")
+    written = write(run(str(folder), options), tmp_path / "report")
+    stored = json.loads((written / "report.json").read_text())
+    assert stored["attention"]["token_labels"] == [*"hello, world\n", "<0xC3>", "<0xA9>"]
+    pattern = stored["attention"]["patterns"][0]["pattern"]
+    assert [len(row) for row in pattern] == list(range(1, len(pattern) + 1))  # cut at the diagonal
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto((written / "report.html").as_uri(), wait_until="load")
+        page.wait_for_function("document.querySelectorAll('#fig-pattern .main-svg').length > 0")
+        tokens = page.locator("ol.tokens code.tok").all_text_contents()
+        assert tokens[:5] == ["h", "e", "l", "l", "o"] and "\u21b5" in tokens  # the newline, visible
+        assert not any(token.startswith("#") for token in tokens)
+        z = page.evaluate("document.getElementById('fig-pattern').data[0].z")
+        assert len(z) == len(pattern) and all(len(row) == len(pattern) for row in z)
+        assert z[0][1] is None and z[1][0] is not None  # past the diagonal: blank, not a weight
+        assert errors == []
+    finally:
+        context.close()

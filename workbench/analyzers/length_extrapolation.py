@@ -91,9 +91,11 @@ def analyze(record: LengthRecord | None, thresholds: dict[str, Any] | None = Non
         findings.append(Finding(
             NAME, "beyond_context", "skip",
             f"no probe reached past the claimed context ({boundary:,} tokens)"
-            + (f": {', '.join(f'{n:,}' for n in skipped)} tokens exceed this profile's probe cap "
-               "(raise probes.max_tokens, e.g. --profile long)" if skipped else ""),
+            + (f": {', '.join(f'{n:,}' for n in skipped)} tokens exceed this profile's probe cap"
+               if skipped else ""),
             metric="boundary", value=float(boundary),
+            fix=("Raise probes.max_tokens in the run profile (--profile long probes past the claim)."
+                 if skipped else "Add probe lengths past the claimed context to the profile's probes.lengths."),
         ))
     return findings
 

@@ -70,14 +70,61 @@ def attach_tokenizer(model: Any, source: str | os.PathLike | None) -> None:
     model.set_tokenizer_loader(functools.partial(load_tokenizer, source))  # picklable, unlike a lambda
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE (GPT-2, SmolLM2) spells each byte as one printable character: bytes that
+    are printable Latin-1 stand for themselves, the other 68 take the characters from U+0100 on,
+    in byte order. Returns character -> byte."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [b for b in range(256) if b not in printable]
+    alphabet = {chr(b): b for b in printable}
+    alphabet.update({chr(0x100 + index): b for index, b in enumerate(shifted)})
+    return alphabet
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+
+
+def byte_label(value: int) -> str:
+    """A byte as a token label: the character for printable ASCII, space and newline, else
+    ``<0xNN>`` (the spelling of sentencepiece's byte tokens)."""
+    if 0x20 <= value < 0x7F or value in (0x0A, 0x09):
+        return chr(value)
+    return f"<0x{value:02X}>"
+
+
+def _bytes_label(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # part of a multi-byte character
+        return "".join(byte_label(b) for b in data)
+
+
+def _readable(tokenizer: Any, token_id: int) -> str:
+    text = tokenizer.decode([token_id])
+    if text and "\ufffd" not in text:
+        return text
+    try:
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+    except Exception:  # noqa: BLE001 - a tokenizer without the id
+        piece = None
+    if isinstance(piece, str) and piece:
+        if all(char in _BYTE_LEVEL for char in piece):  # byte-level BPE: decode its bytes
+            return _bytes_label(bytes(_BYTE_LEVEL[char] for char in piece))
+        return piece  # sentencepiece "<0xE2>", a special token's own spelling
+    return text or f"#{token_id}"
+
+
 def token_labels(tokenizer: Any | None, token_ids: list[int]) -> list[str]:
-    """One readable label per token (the decoded text of each token, or ``#id``)."""
+    """One readable label per token: its decoded text; a piece of a multi-byte character as its
+    bytes (``<0xE2><0x80>``); a special token as it is spelled (``<|im_start|>``). Without a
+    tokenizer the probe's ids are UTF-8 bytes (mod the vocabulary, see :mod:`workbench.inputs`),
+    shown as characters (``h``, not ``#104``)."""
     if tokenizer is None:
-        return [f"#{i}" for i in token_ids]
+        return [byte_label(i) if 0 <= i < 256 else f"#{i}" for i in token_ids]
     labels = []
     for token_id in token_ids:
         try:
-            labels.append(tokenizer.decode([token_id]))
-        except Exception:  # a tokenizer that cannot decode a single id
+            labels.append(_readable(tokenizer, token_id))
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot decode a single id
             labels.append(f"#{token_id}")
     return labels

@@ -9,18 +9,21 @@ around every block and sublayer, added through forward (pre-)hooks so the model 
     blocks.3.mlp           the dense MLP or the MoE layer (router and experts included)
     blocks.3.mlp.router    the MoE router's linear layer
 
-It returns a :class:`TimingRecord` and, when ``out_dir`` is given, writes two traces of the
+It returns a :class:`TimingRecord` and, when ``out_dir`` is given, writes one trace of the
 profiled steps::
 
-    out_dir/trace/<run_name>/<worker>.<ns>.pt.trace.json   tensorboard --logdir out_dir/trace
-    out_dir/trace/<run_name>/trace.json                   Perfetto / chrome://tracing
+    out_dir/trace/<run_name>/<worker>.<ns>.pt.trace.json   tensorboard --logdir out_dir/trace,
+                                                          and Perfetto / chrome://tracing as it is
 
 torch-tb-profiler names a run after the folder holding its ``*.pt.trace.json`` files, so each run
-gets its own folder under ``trace/``. Profiling again under the same run name adds another span
-to that run rather than replacing it.
+gets its own folder under ``trace/``; the same file is a plain Chrome trace, so it is written once
+(``chrome_trace`` names it). Profiling again under the same run name adds another span to that
+run rather than replacing it.
 
-Profiled times include the profiler's own overhead; ``wall_seconds`` (measured without the
-profiler) is the number to quote. On CUDA the ranges are CPU-side: kernels launched inside a
+Two clocks, never mixed: ``wall_seconds`` is the median of at least three forwards timed without
+the profiler, the number to quote; the breakdown (``components``, ``top_ops``) is profiled time,
+which includes the profiler's own overhead, and its parts add up to the profiled forward
+(``totals.forward_us``), never more. On CUDA the ranges are CPU-side: kernels launched inside a
 range may run after it closes, so the component split is indicative there, while the op table
 carries device time from the kernels themselves.
 """
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -63,15 +65,14 @@ class TimingRecord:
     ``components``: ``per_layer`` rows of ``{layer, mlp_kind, attn_us, mlp_us, router_us,
     other_us, block_us}`` where ``mlp_us`` excludes the router and ``other_us`` is the block minus
     attention and the whole MLP/MoE; ``totals`` sums those over layers and adds ``forward_us``
-    (the whole profiled forward) and ``outside_blocks_us`` (embedding, final norm, unembedding).
-    """
+    (the whole profiled forward) and ``outside_blocks_us`` (embedding, final norm, unembedding)."""
 
     run_name: str
     device: str
     batch: int
     seq_len: int
     warmup: int
-    steps: int
+    steps: int  # forwards timed without the profiler
     wall_seconds: float  # median of ``steps`` timed forwards, without the profiler
     wall_seconds_runs: list[float]
     profiled_wall_seconds: float  # mean wall time of one profiled forward (profiler overhead in)
@@ -80,6 +81,7 @@ class TimingRecord:
     flops: int | None  # analytic, workbench.measurements.flops.forward_flops; None without a DecoderConfig
     flops_breakdown: dict[str, int] | None
     achieved_flops_per_second: float | None
+    profiled_steps: int = 1  # forwards recorded under the profiler (the breakdown averages them)
     peak_flops: float | None = None
     fraction_of_peak: float | None = None
     out_dir: Path | None = None
@@ -106,6 +108,7 @@ class TimingRecord:
             "seq_len": self.seq_len,
             "warmup": self.warmup,
             "steps": self.steps,
+            "profiled_steps": self.profiled_steps,
             "wall_seconds": self.wall_seconds,
             "wall_seconds_runs": list(self.wall_seconds_runs),
             "profiled_wall_seconds": self.profiled_wall_seconds,
@@ -277,7 +280,12 @@ def _components(durations: dict[str, float]) -> dict[str, Any]:
         key: sum(row[key] for row in rows)
         for key in ("attn_us", "mlp_us", "router_us", "other_us", "block_us")
     }
-    totals["forward_us"] = durations.get(FORWARD_RANGE, 0.0)
+    # The ranges nest (forward > block > attn, mlp > router), so every part fits in its whole; a
+    # microsecond of clock jitter at a boundary is clamped rather than shown as a negative part.
+    for row in rows:
+        row["other_us"] = max(0.0, row["other_us"])
+    totals["other_us"] = sum(row["other_us"] for row in rows)
+    totals["forward_us"] = max(durations.get(FORWARD_RANGE, 0.0), totals["block_us"])
     totals["outside_blocks_us"] = totals["forward_us"] - totals["block_us"]
     return {"per_layer": rows, "totals": totals}
 
@@ -289,7 +297,8 @@ def profile_forward(
     out_dir: Path | None,
     run_name: str,
     warmup: int = 1,
-    steps: int = 1,
+    steps: int = 3,
+    profiled_steps: int = 1,
     peak_flops: float | None = None,
     forward: ForwardFn | None = None,
     top_ops: int = 20,
@@ -297,15 +306,17 @@ def profile_forward(
     """Time and profile ``forward(model, input_ids)`` (default: ``model(input_ids)`` without grad).
 
     ``warmup`` runs (at least one; the first run pays for allocation and kernel selection) are
-    discarded before ``steps`` timed runs, both without the profiler and again under it. The
+    discarded before ``steps`` timed runs without the profiler (their median is ``wall_seconds``;
+    three or more make it a median), then before ``profiled_steps`` runs under it (one keeps the
+    trace small; the breakdown is their mean). The
     analytic FLOP count assumes one full forward of ``input_ids`` with an empty cache; a custom
     ``forward`` that does something else should read ``wall_seconds`` and ignore ``flops``.
     ``peak_flops`` (FLOP/s of the device) gives ``fraction_of_peak``.
     """
     if warmup < 1:
         raise ValueError(f"warmup must be >= 1 (the first run is discarded), got {warmup}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or profiled_steps < 1:
+        raise ValueError(f"steps and profiled_steps must be >= 1, got {steps} and {profiled_steps}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
     forward = forward or _default_forward
@@ -319,33 +330,29 @@ def profile_forward(
     _timed_runs(run, device, warmup)
     wall_runs = _timed_runs(run, device, steps)
 
-    trace_dir = chrome_trace = None
+    trace_dir = None
     written_before: set[Path] = set()
     if out_dir is not None:
         out_dir = Path(out_dir)
         trace_dir = out_dir / "trace" / run_name
         trace_dir.mkdir(parents=True, exist_ok=True)
-        chrome_trace = trace_dir / "trace.json"
         written_before = set(trace_dir.glob("*.pt.trace.json"))
     captured: dict[str, Any] = {}
 
     def on_trace_ready(prof: profile) -> None:
         captured["events"] = prof.events()
         if trace_dir is not None:
-            # Kineto saves a trace once, so the plain copy is taken from the file the handler wrote.
             tensorboard_trace_handler(str(trace_dir))(prof)
-            written = sorted(set(trace_dir.glob("*.pt.trace.json")) - written_before)
-            shutil.copyfile(written[-1], chrome_trace)
-            captured["tensorboard_traces"] = written
+            captured["tensorboard_traces"] = sorted(set(trace_dir.glob("*.pt.trace.json")) - written_before)
 
     profiled_seconds = []
     with profiler_ranges(model) as names, quiet_kineto():
         with profile(
             activities=activities,
-            schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+            schedule=schedule(wait=0, warmup=warmup, active=profiled_steps, repeat=1),
             on_trace_ready=on_trace_ready,
         ) as prof:
-            for step in range(warmup + steps):
+            for step in range(warmup + profiled_steps):
                 _sync(device)
                 start = time.perf_counter()
                 with record_function(FORWARD_RANGE):
@@ -357,8 +364,10 @@ def profile_forward(
     if "events" not in captured:
         raise RuntimeError("the profiler produced no trace (schedule never reached its active steps)")
     events = captured["events"]
+    traces = captured.get("tensorboard_traces", [])
+    chrome_trace = traces[-1] if traces else None  # a *.pt.trace.json is a Chrome trace too
 
-    durations = _range_durations(events, set(names) | {FORWARD_RANGE}, steps)
+    durations = _range_durations(events, set(names) | {FORWARD_RANGE}, profiled_steps)
     config = getattr(model, "config", None)
     flop_count = None
     if isinstance(config, DecoderConfig):
@@ -373,10 +382,11 @@ def profile_forward(
         seq_len=input_ids.shape[1],
         warmup=warmup,
         steps=steps,
+        profiled_steps=profiled_steps,
         wall_seconds=wall_seconds,
         wall_seconds_runs=wall_runs,
         profiled_wall_seconds=statistics.fmean(profiled_seconds),
-        top_ops=_top_ops(events, steps, top_ops, set(names) | {FORWARD_RANGE}, on_cuda),
+        top_ops=_top_ops(events, profiled_steps, top_ops, set(names) | {FORWARD_RANGE}, on_cuda),
         components=_components(durations),
         flops=None if flop_count is None else flop_count.total,
         flops_breakdown=None if flop_count is None else flop_count.breakdown,
@@ -385,6 +395,6 @@ def profile_forward(
         fraction_of_peak=fraction,
         out_dir=out_dir,
         trace_dir=trace_dir,
-        tensorboard_traces=captured.get("tensorboard_traces", []),
+        tensorboard_traces=traces,
         chrome_trace=chrome_trace,
     )

@@ -1,4 +1,8 @@
-"""The memory guard: refuse a probe that cannot fit before allocating it, and explain one that did not."""
+"""The memory guard: refuse a probe that cannot fit before allocating it, and explain one that did not.
+
+The refusal names the largest probe that fits and, once the model is loaded, how long a forward
+of that length would take on this host (:func:`with_time_estimate`), so a user can decide
+whether to run it."""
 
 from __future__ import annotations
 
@@ -7,7 +11,27 @@ import torch
 from workbench.analyzers.kv_memory import plan
 from workbench.config import DecoderConfig
 from workbench.errors import PlanError, RunError
+from workbench.measurements.calibration import estimate_forward_seconds
 from workbench.settings import get_device
+from workbench.units import format_duration
+
+
+class ProbeTooLong(RunError):
+    """A probe that does not fit in this host's memory; ``largest_tokens`` per sequence fits at
+    ``batch`` sequences (0: none does)."""
+
+    def __init__(self, message: str, largest_tokens: int, batch: int = 1) -> None:
+        super().__init__(message)
+        self.largest_tokens, self.batch = largest_tokens, batch
+
+
+def with_time_estimate(error: ProbeTooLong, model: torch.nn.Module) -> RunError:
+    """``error`` with how long a forward of its largest fitting length would take on this host,
+    from short calibration forwards of ``model`` (the loaded decoder)."""
+    estimate = estimate_forward_seconds(model, error.largest_tokens, batch=error.batch)
+    return RunError(f"{error}; a {error.largest_tokens:,}-token forward would take about "
+                    f"{format_duration(estimate.seconds)} here (extrapolated from {estimate.calibration_tokens}- "
+                    f"and {2 * estimate.calibration_tokens}-token forwards timed now)")
 
 
 def check_fits_in_memory(config: DecoderConfig | None, tokens: int, device: str, dtype: str, batch: int = 1,
@@ -15,7 +39,8 @@ def check_fits_in_memory(config: DecoderConfig | None, tokens: int, device: str,
     """Refuse, before allocating, a probe whose forward cannot fit in this host's memory.
 
     ``batch`` sequences of ``tokens``; ``label`` names the checkpoint and ``setting`` what asked
-    for this size, for the message."""
+    for this size, for the message. Too long: :class:`ProbeTooLong`, naming the largest length
+    that fits."""
     if device != "cpu" or config is None:
         return
     try:
@@ -36,8 +61,9 @@ def check_fits_in_memory(config: DecoderConfig | None, tokens: int, device: str,
     rows = f" x {batch:,} sequences" if batch > 1 else ""
     fits = (f"the largest that fits is about {largest:,} tokens" if largest >= 2
             else f"not even 2 tokens fit at {batch:,} sequences")
-    raise RunError(f"{label}: a {tokens:,}-token probe{rows} ({setting}) needs about {needed / 2**30:.1f} GiB, more "
-                   f"than this host can give ({usable / 2**30:.1f} GiB usable); {fits}")
+    raise ProbeTooLong(f"{label}: a {tokens:,}-token probe{rows} ({setting}) needs about {needed / 2**30:.1f} GiB, "
+                       f"more than this host can give ({usable / 2**30:.1f} GiB usable); {fits}",
+                       largest if largest >= 2 else 0, batch)
 
 
 def device_memory_bytes(device: str) -> int | None:

@@ -10,11 +10,13 @@ finding. Library code here never prints: progress goes through the ``progress`` 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +36,16 @@ from workbench.loading.tokenizer import token_labels
 from workbench.pipeline import steps
 from workbench.pipeline.commands import COMMANDS, PATTERN_ROWS
 from workbench.pipeline.document import document
-from workbench.pipeline.guard import check_fits_in_memory, device_memory_bytes, out_of_memory_error
+from workbench.pipeline.guard import (
+    ProbeTooLong,
+    check_fits_in_memory,
+    device_memory_bytes,
+    out_of_memory_error,
+    with_time_estimate,
+)
+from workbench.pipeline.preflight import check_device
 from workbench.recorders.nonfinite import STORED_PROBE_TOKENS, scan_weights, stored_half_dtype, watch_in_dtype
+from workbench.recorders.progress import OnTick, layer_progress
 from workbench.report.schema import SECTIONS
 from workbench.report.writer import write_report
 from workbench.settings import load_profile
@@ -81,18 +91,23 @@ class RunResult:
             self._finalizer()
 
 
-def run(source: str | None, options: RunOptions, progress: Progress | None = None) -> RunResult:
+def run(source: str | None, options: RunOptions, progress: Progress | None = None,
+        on_layer: OnTick | None = None) -> RunResult:
     """Run ``options.command`` on ``source``; see the module docstring.
 
-    A probe too long for the host is refused before anything is allocated (from the memory
-    planner's estimate); on CUDA, running out of memory becomes a :class:`RunError` naming the
-    largest length that fits."""
+    ``options.device`` must be a device this host has (checked first, before anything loads). A
+    probe too long for the host is refused before anything is allocated (from the memory
+    planner's estimate), with how long the largest that fits would take here; on CUDA, running
+    out of memory becomes a :class:`RunError` naming the largest length that fits.
+    ``progress`` hears of each step; ``on_layer`` of each block finished inside the long
+    forwards (recording and the length sweep), with the time left in that forward."""
     say = progress or (lambda message: None)
     if options.command not in COMMANDS:
         raise RunError(f"unknown command {options.command!r}; choose one of {', '.join(COMMANDS)}")
     if options.backend not in BACKENDS:
         raise RunError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
     check_options(options)
+    options = dataclasses.replace(options, device=check_device(options.device))
     backend = BACKENDS[options.backend]()
     wanted = COMMANDS[options.command]
     started, created = time.perf_counter(), datetime.now(UTC)
@@ -104,12 +119,18 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
     config = backend.planning_config(source)
     tokens = options.tokens or int(profile.probes["tokens"])
     label = str(source or DEFAULT_MODEL)
-    check_fits_in_memory(config, tokens, options.device, options.dtype, label=label,
-                         setting="--tokens" if options.tokens else f"{profile.path} [probes] tokens")
-    if config is not None and "length" in wanted:  # the sweep's longest probe, at the profile's batch
-        check_fits_in_memory(config, steps.longest_sweep(config, profile), options.device, options.dtype,
-                             batch=int(profile.probes["batch"]), label=label,
-                             setting=f"the length sweep of {profile.path} [probes]")
+    try:
+        check_fits_in_memory(config, tokens, options.device, options.dtype, label=label,
+                             setting="--tokens" if options.tokens else f"{profile.path} [probes] tokens")
+        if config is not None and "length" in wanted:  # the sweep's longest probe, at the profile's batch
+            check_fits_in_memory(config, steps.longest_sweep(config, profile), options.device, options.dtype,
+                                 batch=int(profile.probes["batch"]), label=label,
+                                 setting=f"the length sweep of {profile.path} [probes]")
+    except ProbeTooLong as error:
+        if not error.largest_tokens or backend.name != "native":
+            raise
+        say("timing short forwards to say how long the largest probe that fits would take")
+        raise with_time_estimate(error, backend.load(source, options.dtype, options.device).module) from None
     result = RunResult(report={})
     if "timing" in wanted and backend.name == "native":
         if options.trace_dir is not None:
@@ -119,7 +140,7 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
             result._finalizer = weakref.finalize(result, shutil.rmtree, result.trace_dir, True)
     try:
         result.report = _run(source, options, backend, profile, seed, wanted, started, created, result.trace_dir,
-                             say)
+                             say, on_layer)
     except torch.OutOfMemoryError:
         result.cleanup()
         raise out_of_memory_error(config, tokens, options.device, options.dtype) from None
@@ -130,10 +151,17 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
 
 
 def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any, seed: int, wanted: set[str],
-         started: float, created: datetime, trace_dir: Path | None, say: Progress) -> dict[str, Any]:
+         started: float, created: datetime, trace_dir: Path | None, say: Progress,
+         on_layer: OnTick | None = None) -> dict[str, Any]:
     say("loading model" if backend.name == "native" else "loading model (transformers)")
     loaded = backend.load(source, options.dtype, options.device)
     description = loaded.description
+    blocks = getattr(loaded.module, "blocks", None) if backend.name == "native" else None
+
+    def ticking() -> AbstractContextManager[None]:
+        # per-block progress in the long forwards; never around timing, whose forwards it would slow
+        return layer_progress(blocks, on_layer) if blocks is not None else nullcontext()
+
     probe = steps.main_probe(options, profile, description.vocab_size, description.positions,
                              description.max_positions, loaded.tokenizer, seed)
     findings: list[Finding] = []
@@ -145,11 +173,12 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
     if wanted & {"attention", "residual", "routing", "loss"}:
         through = "" if backend.name == "native" else f" through {backend.name}"
         say(f"recording a {probe.length}-token {probe.kind} probe{through}")
-        recording, first_nonfinite = backend.record(
-            loaded, probe.tokens, attention="attention" in wanted, residual="residual" in wanted,
-            routing="routing" in wanted, loss="loss" in wanted,
-            patterns=steps.pattern_requests(description.n_layers, description.n_heads, probe.length),
-            watch_nonfinite="nonfinite" in wanted)
+        with ticking():
+            recording, first_nonfinite = backend.record(
+                loaded, probe.tokens, attention="attention" in wanted, residual="residual" in wanted,
+                routing="routing" in wanted, loss="loss" in wanted,
+                patterns=steps.pattern_requests(description.n_layers, description.n_heads, probe.length),
+                watch_nonfinite="nonfinite" in wanted)
         if "nonfinite" in wanted:
             findings += nonfinite.analyze_activations(first_nonfinite)
         if first_nonfinite is not None:  # NaN/Inf records judge nothing: their analyzers say skip
@@ -166,8 +195,9 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             analyzer, reason = NOT_SUPPORTED[concern]
             findings.append(Finding(analyzer, "backend", "skip", f"not run on the {backend.name} backend: {reason}"))
     if "length" in wanted and backend.supports("length", description):
-        findings += steps.length(loaded.module, description.decoder_config, profile, loaded.tokenizer, seed,
-                                 sections, say)
+        with ticking():
+            findings += steps.length(loaded.module, description.decoder_config, profile, loaded.tokenizer, seed,
+                                     sections, say)
     if "kv" in wanted and backend.supports("kv", description):
         findings += steps.kv(description.decoder_config, profile, sections)
     if "timing" in wanted and backend.supports("timing", description) and trace_dir is not None:
@@ -204,12 +234,14 @@ def _stored_dtype(model: Any, config: Any, dtype: str, probe: Any, backend: Back
     return nonfinite.analyze_stored_dtype(watch_in_dtype(model, tokens, stored), name, int(tokens.shape[1]))
 
 
-def write(result: RunResult, out: Path | None, reports_root: Path = Path("reports")) -> Path:
-    """Write the report folder atomically, with the traces of ``result``; returns the folder."""
+def write(result: RunResult, out: Path | None, reports_root: Path = Path("reports"), force: bool = False) -> Path:
+    """Write the report folder atomically, with the traces of ``result``; returns the folder.
+    ``out``: absent or empty; a folder holding files only with ``force`` (see
+    :func:`workbench.report.writer.write_report`)."""
     trace_source = None
     if result.trace_dir is not None and (result.trace_dir / "trace").is_dir():
         trace_source = result.trace_dir / "trace"
     try:
-        return write_report(result.report, out, reports_root=reports_root, trace_source=trace_source)
+        return write_report(result.report, out, reports_root=reports_root, trace_source=trace_source, force=force)
     finally:
         result.cleanup()

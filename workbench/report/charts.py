@@ -13,6 +13,8 @@ import html
 import math
 from typing import Any
 
+from workbench.report.text import token_text
+
 GIB = 2**30
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563",
@@ -22,9 +24,9 @@ Figure = dict[str, Any]
 
 
 def plot_text(value: Any, limit: int | None = None) -> str:
-    """``value`` as a string Plotly shows literally (markup escaped; newlines and tabs made
-    visible), cut to ``limit`` characters with an ellipsis."""
-    text = str(value).replace("\r", "\\r").replace("\n", "\u21b5").replace("\t", "\u2192")
+    """``value`` as a string Plotly shows literally (markup escaped; control characters made
+    visible and inert, a string of spaces as ``␣``), cut to ``limit`` characters with an ellipsis."""
+    text = token_text(str(value))
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "\u2026"
     return html.escape(text, quote=False)

@@ -11,6 +11,7 @@ from typing import Any
 from markupsafe import Markup
 
 from workbench.findings import Where, sort_key
+from workbench.report.text import token_text
 from workbench.units import format_bytes, format_number, format_seconds, format_si, format_us
 
 __all__ = ["breakable", "format_bytes", "format_number", "format_seconds", "format_si", "format_us",
@@ -18,8 +19,9 @@ __all__ = ["breakable", "format_bytes", "format_number", "format_seconds", "form
 
 
 def visible_text(value: str) -> str:
-    """Control characters of a token shown as symbols (newline, tab, carriage return)."""
-    return value.replace("\n", "\u21b5").replace("\t", "\u2192").replace("\r", "\u240d")
+    """A token shown visibly: newline, tab, carriage return as symbols, other control characters
+    as escapes, a token of spaces as ``␣`` (see :func:`workbench.report.text.token_text`)."""
+    return token_text(value)
 
 
 def breakable(value: Any) -> Markup:

@@ -42,17 +42,8 @@ from workbench.report.format import (
     visible_text,
     where_text,
 )
-from workbench.report.schema import SECTIONS
+from workbench.report.schema import SECTION_ANALYZERS, SECTIONS
 
-# Which report section shows which analyzer's findings (all findings are also in the table).
-SECTION_ANALYZERS: dict[str, tuple[str, ...]] = {
-    "attention": ("attention_saturation", "saturation", "attention"),
-    "residual": ("residual",),
-    "routing": ("routing_collapse", "routing"),
-    "length": ("length_extrapolation", "length"),
-    "kv": ("kv_memory", "kv_cache"),
-    "timing": ("timing",),
-}
 SECTION_TITLES = {
     "attention": "Attention", "residual": "Residual stream", "routing": "Routing", "length": "Length",
     "kv": "KV cache", "timing": "Timing",
@@ -193,14 +184,17 @@ def render_html(report: dict[str, Any]) -> str:
     """The report page for a (valid, JSON-ready) report document."""
     figures = figs.all_figures(report)
     attention = report.get("attention") or {}
-    patterns = figs.pattern_figures(attention) if attention else []
+    patterns = figs.pattern_views(attention) if attention else {"frames": [], "heads": []}
     page_js = _asset("report.js")
     bundle = plotly_js()
     routing_rows = [
         {**layer, **figs.routing_summary(layer)} for layer in (report.get("routing") or {}).get("layers", [])
     ]
     timing = report.get("timing") or {}
-    top_self = sum(op.get("self_cpu_us") or 0 for op in timing.get("top_ops") or [])
+    # Op shares are of the profiled forward (the ops' self times add up to at most that), so they
+    # read like the component shares; an older report without totals falls back to the ops' sum.
+    profiled_us = ((timing.get("components") or {}).get("totals") or {}).get("forward_us")
+    top_self = profiled_us or sum(op.get("self_cpu_us") or 0 for op in timing.get("top_ops") or [])
     context = {
         "report": report,
         "tool": report["tool"],
@@ -208,6 +202,7 @@ def render_html(report: dict[str, Any]) -> str:
         "model": report["model"],
         "summary": report["summary"],
         "findings": sorted_findings(report.get("findings") or []),
+        "has_fix": any(f.get("fix") for f in report.get("findings") or []),
         "statuses": sorted(STATUS_ORDER, key=STATUS_ORDER.__getitem__, reverse=True),
         "sections": _sections(report, figures),
         "value_text": value_text,

@@ -3,7 +3,8 @@
 :func:`summary_panel` and :func:`findings_table` build renderables and print nothing;
 :func:`render` prints both to the console the caller passes in. Report strings (model names,
 messages, fixes) may contain ``[...]`` that rich would read as markup, so every one is wrapped
-in :class:`rich.text.Text`, which rich never parses.
+in :class:`rich.text.Text`, which rich never parses; and they may contain terminal escape
+sequences (a token, a checkpoint's name), which :func:`text.printable` makes inert first.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from workbench.report.format import (
     value_text,
     where_text,
 )
-from workbench.report.schema import SECTIONS
+from workbench.report.schema import SECTION_ANALYZERS, SECTIONS
+from workbench.report.text import plural, printable
 
 STATUS_STYLES = {"pass": "green", "info": "blue", "skip": "dim", "warn": "yellow", "fail": "bold red"}
 
@@ -53,15 +55,15 @@ def findings_table(
     table.add_column("value vs threshold", justify="right", overflow="fold", max_width=22)
     table.add_column("message", ratio=1, overflow="fold", min_width=30)
     for finding in shown:
-        message = Text(finding["message"])
+        message = Text(printable(finding["message"]))
         if finding.get("fix"):
             message.append("\n\u2192 ", style="dim")
-            message.append(finding["fix"], style="italic")
+            message.append(printable(finding["fix"]), style="italic")
         table.add_row(
             status_text(finding["status"]),
-            Text(finding["analyzer"]),
-            Text(finding["check"]),
-            Text(where_text(finding.get("where"))),
+            Text(printable(finding["analyzer"])),
+            Text(printable(finding["check"])),
+            Text(printable(where_text(finding.get("where")))),
             Text(value_text(finding)),
             message,
         )
@@ -89,20 +91,22 @@ def summary_panel(report: dict[str, Any]) -> Panel:
     if summary["analyzers"]:
         lines.append("\n")
     for name, status in sorted(summary["analyzers"].items()):
-        lines.append(f"{name} ")
+        lines.append(f"{printable(name)} ")
         lines.append_text(status_text(status, upper=False))
         lines.append("  ")
     facts = Text(style="dim")
     run_id = f"run {run['id']} \u00b7 " if run["id"] else ""
-    facts.append(f"\n{run_id}{run['command']} \u00b7 profile {run['profile']} \u00b7 seed {run['seed']}")
-    facts.append(f"\n{run['device']} \u00b7 {run['dtype']} \u00b7 {run['backend']} backend \u00b7 ")
+    facts.append(printable(f"\n{run_id}{run['command']} \u00b7 profile {run['profile']} \u00b7 seed {run['seed']}"))
+    facts.append(printable(f"\n{run['device']} \u00b7 {run['dtype']} \u00b7 {run['backend']} backend \u00b7 "))
     facts.append(
         f"{format_number(run['duration_seconds'])} s \u00b7 {format_number(model['n_params'])} parameters"
     )
-    not_run = [name for name in SECTIONS if report.get(name) is None]
+    judged = set(summary["analyzers"])
+    not_run = [name for name in SECTIONS
+               if report.get(name) is None and not judged & set(SECTION_ANALYZERS.get(name, ()))]
     if not_run:
         facts.append(f"\nnot run: {', '.join(not_run)}")
-    title = Text(model["name"], style="bold")
+    title = Text(printable(model["name"], keep_newlines=False), style="bold")
     return Panel(Group(lines, facts), title=title, title_align="left",
                  border_style=STATUS_STYLES.get(summary["status"], ""))  # fmt: skip
 
@@ -116,17 +120,17 @@ def findings_blocks(report: dict[str, Any], statuses: tuple[str, ...] = ("fail",
     blocks = []
     for finding in shown:
         head = status_text(finding["status"])
-        head.append(f"  {finding['analyzer']}/{finding['check']}", style="cyan")
+        head.append(printable(f"  {finding['analyzer']}/{finding['check']}"), style="cyan")
         where = where_text(finding.get("where"))
         if where and where != "model":
-            head.append(f"  {where}", style="bold")
+            head.append(printable(f"  {where}"), style="bold")
         if finding.get("value") is not None:
             head.append(f"  {value_text(finding)}", style="dim")
-        body = Text("  " + finding["message"])
+        body = Text("  " + printable(finding["message"]))
         blocks.append(head)
         blocks.append(body)
         if finding.get("fix"):
-            blocks.append(Text("  fix: " + finding["fix"], style="italic"))
+            blocks.append(Text("  fix: " + printable(finding["fix"]), style="italic"))
     if len(findings) > len(shown):
         blocks.append(Text(f"{len(findings) - len(shown)} more in the report", style="dim"))
     return Group(*blocks)
@@ -141,30 +145,32 @@ def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", 
     lines = []
     for (status, name), items in groups.items():
         line = status_text(status)
-        line.append(f"  {name}", style="cyan")
+        line.append(printable(f"  {name}"), style="cyan")
         places = [where_text(f.get("where")) for f in items]
         places = [p for p in places if p and p != "model"]
         if len(items) == 1:
-            line.append("  " + items[0]["message"], style="dim")
+            line.append("  " + printable(items[0]["message"]), style="dim")
         else:
             line.append(f"  x{len(items)}", style="bold")
             if places:
-                line.append("  " + ", ".join(places[:8]) + (" ..." if len(places) > 8 else ""), style="dim")
+                line.append(printable("  " + ", ".join(places[:8]) + (" ..." if len(places) > 8 else "")), style="dim")
         lines.append(line)
     return Group(*lines)
 
 
 def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 5) -> Group:
-    """What ``workbench profile`` measured: the forward's time and FLOP rate, where the time goes
-    (attention, MLP, router), the heaviest ops, and where the traces are."""
+    """What ``workbench profile`` measured: the forward's wall time (a median, without the
+    profiler) and FLOP rate; then, under the profiler, where that time goes (attention, MLP,
+    router) and the heaviest ops, each as a share of the profiled forward, so no part can exceed
+    its whole; and where the trace is."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
-    table.add_column()
+    table.add_column(overflow="fold")  # a trace path is folded onto the next line, never cut
     runs = timing.get("wall_seconds_runs") or []
     forward = Text.assemble(
         (format_seconds(timing["wall_seconds"]), "bold"),
-        f" for {timing['batch']} x {timing['seq_len']:,} tokens on {timing['device']}"
-        f" (median of {len(runs)} run{'s' if len(runs) != 1 else ''})",
+        f" per forward of {timing['batch']} x {plural(timing['seq_len'], 'token')} on {printable(timing['device'])}"
+        f" (median of {plural(len(runs), 'run')}, without the profiler)",
     )
     if timing.get("flops"):
         forward.append(f" \u00b7 {format_si(timing['flops'], 'FLOP')}")
@@ -177,25 +183,27 @@ def timing_block(timing: dict[str, Any], folder: Path | None = None, top: int = 
     whole = totals.get("forward_us") or 0
 
     def share(us: float) -> str:
-        return format_us(us) + (f" ({us / whole:.0%})" if whole else "")
+        return f"{min(us, whole) / whole:.0%}" if whole else format_us(us)
 
     parts = [("attention", "attn_us"), ("MLP", "mlp_us"), ("router", "router_us"),
              ("other in blocks", "other_us"), ("outside blocks", "outside_blocks_us")]
     shares = [f"{label} {share(totals[key])}" for label, key in parts if totals.get(key)]
     if shares:
-        table.add_row("where", Text(" \u00b7 ".join(shares)))
+        head = f"of {format_us(whole)} per forward under the profiler (its overhead included): " if whole else ""
+        table.add_row("profiled", Text(head + " \u00b7 ".join(shares)))
     ops = timing.get("top_ops") or []
     if ops:
         device = any(op.get("self_cuda_us") for op in ops)
         key = "self_cuda_us" if device else "self_cpu_us"
         heaviest = sorted(ops, key=lambda op: op.get(key) or 0, reverse=True)[:top]
         table.add_row(f"top ops ({'CUDA' if device else 'CPU'})",
-                      Text(" \u00b7 ".join(f"{op['name']} {share(op[key])}" for op in heaviest)))
+                      Text(" \u00b7 ".join(f"{printable(op['name'])} {share(op.get(key) or 0)}" for op in heaviest)))
     trace = timing.get("trace") or {}
     if trace.get("chrome_trace"):
         base = folder if folder is not None else Path()
-        table.add_row("trace", Text(f"{base / trace['chrome_trace']} (ui.perfetto.dev, chrome://tracing); "
-                                    f"TensorBoard: tensorboard --logdir {(base / trace['tensorboard_dir']).parent}"))
+        table.add_row("trace", Text(printable(
+            f"{base / trace['chrome_trace']} (ui.perfetto.dev, chrome://tracing); "
+            f"TensorBoard: tensorboard --logdir {(base / trace['tensorboard_dir']).parent}")))
     return Group(Text("Timing", style="bold"), table)
 
 
@@ -211,6 +219,6 @@ def render(
     console.print(grouped_counts(report, ("info", "skip", "pass") if show_pass else ("info", "skip")))
     passed = report["summary"]["counts"].get("pass", 0)
     if not show_pass and passed:
-        console.print(Text(f"{passed} passing check{'s' if passed != 1 else ''} not shown", style="dim"))
+        console.print(Text(f"{plural(passed, 'passing check')} not shown", style="dim"))
     if report.get("timing"):
         console.print(timing_block(report["timing"], folder))

@@ -9,12 +9,16 @@ sibling ``<root>/.<name>.tmp-<random>`` on the same filesystem, then renamed int
         trace/<run>/     profiler traces, copied from ``trace_source``
 
 Two runs never overwrite each other: the final name is claimed first with ``os.mkdir``
-(exclusive; ``-2``, ``-3``, ... are tried when it exists), the report is rendered (an empty
-``run.id`` becomes the claimed name) and written into the temporary folder, which is then
-renamed onto the empty claim; POSIX ``rename`` replaces an empty directory atomically. So the
-folder is, in turn, absent, empty, and complete: never partly written. On any exception,
-including KeyboardInterrupt, the temporary folder and the claim are removed and the exception
-re-raised.
+(exclusive; for the default name, ``-2``, ``-3``, ... are tried when it exists; a folder the user
+named is used when absent or empty and refused when it holds files, unless ``force``), the
+report is rendered (an empty ``run.id`` becomes the claimed name) and written into the temporary
+folder, which is then renamed onto the empty claim; POSIX ``rename`` replaces an empty directory
+atomically. So the folder is, in turn, absent, empty, and complete: never partly written. On any
+exception, including KeyboardInterrupt, the temporary folder and the claim (when this call
+created it) are removed and the exception re-raised.
+
+What is written is :func:`compact.compact` of the document: the same data, its bulky per-head
+arrays rounded to the precision the report shows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from workbench.errors import ReportError
+from workbench.report.compact import compact
 from workbench.report.html import render_html
 from workbench.report.schema import validate
 
@@ -187,17 +192,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def _claim_given(folder: Path, force: bool) -> tuple[Path, bool, bool]:
+    """Claim the folder the user named: (folder, whether we created it, whether it holds files).
+
+    Absent: created (exclusively). Present and empty: used as it is. Holding files: refused
+    unless ``force``."""
+    try:
+        folder.mkdir()
+        return folder, True, False
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ReportError(f"{folder}: cannot create the report folder ({error.strerror})") from None
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: a file is there, not a folder")
+    holds = next(os.scandir(folder), None) is not None
+    if holds and not force:
+        raise ReportError(f"{folder}: the folder holds files; give an empty or new folder, or --force")
+    return folder, False, holds
+
+
+def _replace_into(temp: Path, folder: Path) -> None:
+    """Move everything in ``temp`` into the existing ``folder``, each entry replaced atomically
+    (files with ``os.replace``; a folder is swapped with a rename and the old one removed after).
+    Entries of the report layout that the new report lacks (an old ``trace/``) are removed, so
+    the folder never mixes two runs; other files are left alone."""
+    stale_trace = not (temp / TRACE_DIR).exists() and (folder / TRACE_DIR).is_dir()
+    for entry in sorted(temp.iterdir()):
+        target = folder / entry.name
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            old = folder / f".{entry.name}.old-{secrets.token_hex(4)}"
+            os.rename(target, old)
+            os.rename(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    if stale_trace:
+        shutil.rmtree(folder / TRACE_DIR, ignore_errors=True)
+    temp.rmdir()
+
+
 def write_report(
     report: dict[str, Any],
     out_dir: Path | None,
     reports_root: Path = Path("reports"),
     extra_files: dict[str, bytes | Path] | None = None,
     trace_source: Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Validate ``report``, render it, and write its folder atomically; returns the folder.
 
-    ``out_dir`` None: ``reports_root/<model-slug>-<UTC stamp>``. Otherwise ``out_dir`` itself.
-    Either way an existing folder is never touched: ``-2``, ``-3``, ... are appended instead.
+    ``out_dir`` None: ``reports_root/<model-slug>-<UTC stamp>``, never an existing folder (``-2``,
+    ``-3``, ... are appended). Otherwise ``out_dir`` itself, when it is absent or empty; a folder
+    holding files is refused (:class:`ReportError`) unless ``force``, which writes the report into
+    it, replacing an earlier report's files one by one (each replacement atomic).
     An empty ``run.id`` is set to the folder's name in the written document (``report`` itself
     is not modified).
     ``extra_files`` maps relative names to bytes or to a file to copy; ``trace_source`` is a
@@ -211,19 +261,26 @@ def write_report(
     extras = {_safe_relative(name): source for name, source in (extra_files or {}).items()}
     if trace_source is not None and not Path(trace_source).is_dir():
         raise ReportError(f"trace_source {trace_source} is not a folder")
+    holds = False
     if out_dir is None:
-        root, name = Path(reports_root), folder_name(clean)
+        root = Path(reports_root)
+        root.mkdir(parents=True, exist_ok=True)
+        claim, created = _claim(root, folder_name(clean)), True
     else:
         root, name = Path(out_dir).parent, Path(out_dir).name
         if name in ("", ".", ".."):
             raise ReportError(f"out_dir must name a folder, got {out_dir}")
-    root.mkdir(parents=True, exist_ok=True)
-    claim = _claim(root, name)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ReportError(f"{out_dir}: cannot create its parent folder ({error.strerror})") from None
+        claim, created, holds = _claim_given(Path(out_dir), force)
     temp: Path | None = None
     try:
         if not clean["run"]["id"]:
             clean["run"]["id"] = claim.name
-        json_text, html_text = dumps(clean), render_html(clean)
+        stored = compact(clean)
+        json_text, html_text = dumps(stored), render_html(stored)
         temp = _make_temp(root, claim.name)
         _write_bytes(temp / REPORT_JSON, json_text.encode("utf-8"))
         _write_bytes(temp / REPORT_HTML, html_text.encode("utf-8"))
@@ -232,14 +289,18 @@ def write_report(
         for relative, source in extras.items():
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
             _write_bytes(temp.joinpath(*relative.parts), data)
-        os.rename(temp, claim)  # replaces the empty claim atomically
+        if holds:
+            _replace_into(temp, claim)
+        else:
+            os.rename(temp, claim)  # replaces the empty claim atomically
     except BaseException:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
-        try:
-            claim.rmdir()  # only while it is still our empty claim
-        except OSError:
-            pass
+        if created:
+            try:
+                claim.rmdir()  # only while it is still our empty claim
+            except OSError:
+                pass
         raise
     _fsync_dir(root)
     return claim

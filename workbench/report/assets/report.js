@@ -35,16 +35,33 @@
     if (element) { draw(element, figures[id], false); }
   });
 
-  /* Pattern viewer: one figure per captured (layer, head). */
-  var patterns = readJson("wb-patterns") || [];
+  /* Pattern viewer: one figure per captured (layer, head), built from its frame (axes and token
+   * labels, shared by patterns of one shape) and its weight rows, padded with nulls (blank cells)
+   * where a row stops at the diagonal. */
+  var views = readJson("wb-patterns") || { frames: [], heads: [] };
+  var heads = views.heads || [];
   var select = document.getElementById("pattern-select");
   var patternPlot = document.getElementById("fig-pattern");
-  if (select && patternPlot && patterns.length) {
+
+  function patternFigure(head) {
+    var frame = views.frames[head.frame];
+    var width = frame.data[0].x.length;
+    var z = head.z.map(function (row) {
+      var padded = row.slice();
+      while (padded.length < width) { padded.push(null); }
+      return padded;
+    });
+    var trace = Object.assign({}, frame.data[0], { z: z });
+    var layout = Object.assign({}, frame.layout, { title: Object.assign({}, frame.layout.title, { text: head.title }) });
+    return { data: [trace], layout: layout };
+  }
+
+  if (select && patternPlot && heads.length) {
     var drawn = false;
     var showPattern = function (index) {
-      index = Math.max(0, Math.min(patterns.length - 1, index));
+      index = Math.max(0, Math.min(heads.length - 1, index));
       select.value = String(index);
-      draw(patternPlot, patterns[index], drawn);
+      draw(patternPlot, patternFigure(heads[index]), drawn);
       drawn = true;
     };
     select.addEventListener("change", function () { showPattern(Number(select.value)); });
