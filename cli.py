@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -72,23 +69,17 @@ BackendOpt = Annotated[str, typer.Option(help="native: the hooked decoder; nnsig
                                               "model itself (any architecture transformers loads).")]
 
 
-class BadInput(Exception):
-    """A user error: one line on stderr, exit 2."""
-
-
-def _fail_input(message: str) -> typer.Exit:
+def _line(label: str, style: str, message: str) -> None:
     from workbench.report.text import printable
 
     # Text, not markup: a message may hold "[probes]" or other brackets rich would eat; printable:
     # a path or a token in it may hold escape sequences, which must never reach the terminal raw.
-    err.print(Text.assemble(("error:", "bold red"), " ", printable(message)), highlight=False, soft_wrap=True)
+    err.print(Text.assemble((label, style), " ", printable(message)), highlight=False, soft_wrap=True)
+
+
+def _fail_input(message: str) -> typer.Exit:
+    _line("error:", "bold red", message)
     return typer.Exit(2)
-
-
-def _note(message: str) -> None:
-    from workbench.report.text import printable
-
-    err.print(Text.assemble(("note:", "bold yellow"), " ", printable(message)), highlight=False, soft_wrap=True)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -132,40 +123,7 @@ def _library_output(verbose: bool) -> Iterator[None]:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from workbench.errors import WorkbenchError
 
-    return (WorkbenchError, BadInput)
-
-
-def _read_text(path: Path | None, prompt: str | None) -> str | None:
-    if path is None:
-        return prompt
-    if prompt is not None:
-        raise BadInput("give --prompt or --text, not both")
-    from workbench.inputs import read_text_file  # lazy: --help must not import torch
-
-    try:
-        text = read_text_file(path)  # at most what a probe can use, never a whole 200 MB file
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise BadInput(f"{path}: cannot read ({error.strerror})") from None
-    if not text.strip():
-        raise BadInput(f"{path}: the text file is empty")
-    return text
-
-
-def _preflight(device: str, dtype: str, out_dir: Path | None, json_path: Path | None, force: bool) -> str:
-    """Everything about the options that can be checked before a model loads; returns the device
-    as torch names it. Notes (a slow dtype) go to stderr."""
-    from workbench.pipeline.preflight import check_device, check_output_file, check_report_folder, dtype_notes
-
-    device = check_device(device)
-    check_report_folder(out_dir, force=force)
-    check_output_file(json_path, "--json")
-    for note in dtype_notes(device, dtype):
-        _note(note)
-    return device
+    return (WorkbenchError,)
 
 
 def _run_command(command: str, checkpoint: str | None, profile: str, device: str, dtype: str,
@@ -178,6 +136,7 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             from workbench.pipeline import run as pipeline
+            from workbench.pipeline.preflight import check_options, read_prompt
             from workbench.report.terminal import render
             from workbench.report.text import printable
 
@@ -185,8 +144,10 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
         except ImportError as error:  # pragma: no cover - broken install
             raise _fail_input(f"cannot import the workbench ({error})") from None
         try:
-            device = _preflight(device, dtype, out_dir, json_path, force)
-            prompt_text = _read_text(text, prompt)
+            device, notes = check_options(device, dtype, out_dir, json_path, force)  # before anything loads
+            for note in notes:
+                _line("note:", "bold yellow", note)
+            prompt_text = read_prompt(text, prompt)
             options = pipeline.RunOptions(command=command, profile=profile, tokens=tokens, prompt=prompt_text,
                                           device=device, dtype=dtype, seed=seed, backend=backend)
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -346,70 +307,26 @@ def check(
                                                             show_default=False)] = None,
 ) -> None:
     """Run the probes test suite on a checkpoint: one pytest test per finding, fail = test failure."""
-    import workbench.probes
-
     with _library_output(verbose):
         try:
-            from workbench.loading.checkpoint import load_config
-            from workbench.pipeline.preflight import check_output_file
-            from workbench.settings import load_profile
+            from workbench.pipeline import check as probes
 
-            # Bad input is one line, here, before pytest starts (and prints its banner).
-            load_profile(profile)
-            load_config(checkpoint)
-            check_output_file(junitxml, "--junitxml")
+            probes.check_inputs(checkpoint, profile, junitxml)  # one line, before pytest's banner
         except _user_errors() as error:
             raise _fail_input(str(error)) from None
-    probes_dir = Path(workbench.probes.__file__).parent
-    command = [sys.executable, "-m", "pytest", str(probes_dir), "-p", "no:cacheprovider",
-               "--profile", profile, "-q"]
-    if not verbose:
-        command += ["-W", "ignore"]
-    if checkpoint is not None:
-        command += ["--checkpoint", checkpoint]
-    if junitxml is not None:
-        command += [f"--junitxml={junitxml}"]
-    command += list(pytest_args or [])
-    code, problem = _run_probes(command)
+
+    def sink(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    try:
+        code, problem = probes.run_probes(
+            probes.probes_command(checkpoint, profile, junitxml, verbose, list(pytest_args or [])), sink)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     if problem:
         raise _fail_input(problem)
     raise typer.Exit(0 if code == 0 else (1 if code == 1 else 2))
-
-
-def _run_probes(command: list[str]) -> tuple[int, str | None]:
-    """Run pytest, passing its output through as it comes. When the suite refuses the checkpoint
-    (bad input found while loading it), the probes' conftest writes the one-line reason to the file
-    named by WORKBENCH_CHECK_ERROR_FILE and pytest exits 2; its own "!!! Exit" lines are held back
-    so the user reads the one line. Returns (exit code, that line or None)."""
-    with tempfile.TemporaryDirectory(prefix="workbench-check-") as folder:
-        error_file = Path(folder) / "error.txt"
-        env = {**os.environ, "WORKBENCH_CHECK_ERROR_FILE": str(error_file)}
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        assert process.stdout is not None
-        held = b""
-        passing = False  # True once real output has been seen: stream everything from then on
-        try:
-            while chunk := os.read(process.stdout.fileno(), 4096):
-                if passing:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
-                    continue
-                held += chunk
-                if held.strip():
-                    if error_file.exists():
-                        continue  # the refusal: drop pytest's report of it
-                    passing = True
-                    sys.stdout.buffer.write(held)
-                    sys.stdout.buffer.flush()
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise typer.Exit(130) from None
-        problem = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else None
-        if problem is None and held and not passing:
-            sys.stdout.buffer.write(held)
-        return code, (problem if code == 2 else None)
 
 
 @zoo_app.command("build")

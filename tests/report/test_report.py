@@ -19,8 +19,9 @@ from rich.console import Console
 
 from workbench.report import writer
 from workbench.report.compact import compact
-from workbench.report.figures import kv_figures, length_figures, moving_average, pattern_figures
+from workbench.report.figures import kv_figures, length_figures, moving_average
 from workbench.report.html import plotly_js, render_html, script_json
+from workbench.report.patterns import pattern_figures
 from workbench.report.schema import SECTIONS, TIME_FIELDS, strip_time_fields, validate
 from workbench.report.terminal import findings_table, render, summary_panel, timing_block
 from workbench.report.writer import ReportError, dumps, slug, to_jsonable, write_report

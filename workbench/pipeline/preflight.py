@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.errors import ProfileError, RunError
+from workbench.errors import InputError, ProfileError, RunError
+from workbench.inputs import read_text_file
 from workbench.report.text import printable
 from workbench.settings import get_device
 
@@ -102,6 +103,36 @@ def check_catalog_device(name: str) -> None:
         raise RunError(f"--device {shown!r}: `workbench kv` plans memory for {catalog}; name the GPU's model")
     raise RunError(f"--device {shown!r} is a torch device; `workbench kv` plans memory for {catalog}. "
                    f"To run on {shown}, give it to an analysis command: workbench diagnose --device {shown}")
+
+
+def check_options(device: str, dtype: str, out: Path | None, json_path: Path | None,
+                  force: bool = False) -> tuple[str, list[str]]:
+    """Every check an analysis command's options get before anything loads: the device (returned
+    as torch names it), the report folder, the ``--json`` path; and the notes to show (a slow dtype)."""
+    device = check_device(device)
+    check_report_folder(out, force=force)
+    check_output_file(json_path, "--json")
+    return device, dtype_notes(device, dtype)
+
+
+def read_prompt(path: Path | None, prompt: str | None) -> str | None:
+    """The probe text: ``prompt``, or the UTF-8 text of the file ``path`` (not both, not empty)."""
+    if path is None:
+        return prompt
+    if prompt is not None:
+        raise InputError("give --prompt or --text, not both")
+    shown = printable(path, keep_newlines=False)
+    try:
+        text = read_text_file(Path(path))  # at most what a probe can use, never a whole 200 MB file
+    except FileNotFoundError:
+        raise InputError(f"{shown}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{shown}: not UTF-8 text") from None
+    except OSError as error:
+        raise InputError(f"{shown}: cannot read ({error.strerror})") from None
+    if not text.strip():
+        raise InputError(f"{shown}: the text file is empty")
+    return text
 
 
 def _nearest_existing(path: Path) -> Path:

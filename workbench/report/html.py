@@ -42,6 +42,7 @@ from workbench.report.format import (
     visible_text,
     where_text,
 )
+from workbench.report.patterns import pattern_views
 from workbench.report.schema import SECTION_ANALYZERS, SECTIONS
 
 SECTION_TITLES = {
@@ -184,7 +185,7 @@ def render_html(report: dict[str, Any]) -> str:
     """The report page for a (valid, JSON-ready) report document."""
     figures = figs.all_figures(report)
     attention = report.get("attention") or {}
-    patterns = figs.pattern_views(attention) if attention else {"frames": [], "heads": []}
+    patterns = pattern_views(attention) if attention else {"frames": [], "heads": []}
     page_js = _asset("report.js")
     bundle = plotly_js()
     routing_rows = [

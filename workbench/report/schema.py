@@ -27,16 +27,12 @@ SCHEMA_VERSION = 1
 STATUSES = ("pass", "info", "skip", "warn", "fail")  # least to most severe
 SUMMARY_STATUSES = ("pass", "warn", "fail")
 SECTIONS = ("attention", "residual", "routing", "length", "kv", "timing")  # null when not run
-# The analyzers whose findings belong to each section (the page repeats them there; a section
-# one of them judged, a skip included, was considered, so the terminal does not call it "not run").
+# Each section's analyzers: the page repeats their findings there; a section one of them judged
+# (a skip included) was considered, so the terminal does not also call it "not run".
 SECTION_ANALYZERS: dict[str, tuple[str, ...]] = {
-    "attention": ("attention_saturation", "saturation", "attention"),
-    "residual": ("residual",),
-    "routing": ("routing_collapse", "routing"),
-    "length": ("length_extrapolation", "length"),
-    "kv": ("kv_memory", "kv_cache"),
-    "timing": ("timing",),
-}
+    "attention": ("attention_saturation", "saturation", "attention"), "residual": ("residual",),
+    "routing": ("routing_collapse", "routing"), "length": ("length_extrapolation", "length"),
+    "kv": ("kv_memory", "kv_cache"), "timing": ("timing",)}  # fmt: skip
 TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "run.id", "timing"]  # run.id holds the time
 TIMING_COMPONENTS = ("attn", "mlp", "router", "other")  # per_layer keys, "<name>_us" or "<name>"
 PROBE_KINDS = ("random", "repeated", "natural", "user")

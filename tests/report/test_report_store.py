@@ -1,4 +1,4 @@
-"""The stored form of a report (compact.py), inert text (text.py) and readable token labels.
+"""The stored form of a report (compact.py) and inert text (text.py).
 
 The compact form must lose nothing the report shows: every pattern weight within half a unit of
 its third decimal, rows cut only where every later key is 0, statistics within 4 significant
@@ -7,7 +7,6 @@ heads, 48-token patterns, 64 position buckets)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -15,9 +14,8 @@ import random
 import pytest
 from report_sample import sample_report
 
-from workbench.loading.tokenizer import byte_label, token_labels
 from workbench.report.compact import compact, compact_pattern
-from workbench.report.figures import pattern_figures, pattern_views
+from workbench.report.patterns import pattern_figures, pattern_views
 from workbench.report.text import plural, printable
 from workbench.report.writer import dumps
 
@@ -110,34 +108,3 @@ def test_printable_one_line():
 def test_plural():
     assert (plural(1, "token"), plural(2, "token"), plural(1024, "token")) == ("1 token", "2 tokens", "1,024 tokens")
     assert plural(1, "passing check") == "1 passing check" and plural(0, "run") == "0 runs"
-
-
-# --- token labels ----------------------------------------------------------------------------------
-
-
-def test_byte_probes_are_labelled_as_characters():
-    """Zoo checkpoints have no tokenizer: their probes are UTF-8 bytes, shown as such (not "#104")."""
-    assert token_labels(None, list(b"hi!\n")) == ["h", "i", "!", "\n"]
-    assert [byte_label(b) for b in (0x00, 0x1B, 0x7F, 0xE2)] == ["<0x00>", "<0x1B>", "<0x7F>", "<0xE2>"]
-    assert token_labels(None, [300]) == ["#300"]
-
-
-def test_byte_level_bpe_pieces_and_special_tokens_are_readable():
-    from transformers import AutoTokenizer
-
-    from workbench.loading.sources import smollm2_path
-
-    try:
-        path = smollm2_path()
-    except Exception as error:  # noqa: BLE001 - the embedded model is an optional install
-        pytest.skip(f"SmolLM2 is not installed ({error})")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    text = "日本 <|im_start|>"
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    labels = token_labels(tokenizer, ids)
-    assert "\ufffd" not in "".join(labels), labels  # no replacement characters
-    assert "<|im_start|>" in labels
-    assert any(label.strip().startswith("<0x") for label in labels)  # a piece of 日 as its bytes
-    joined = "".join(labels)
-    assert "本" in joined
-    assert copy.deepcopy(labels) == token_labels(tokenizer, ids)  # deterministic
