@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,8 +19,10 @@ from workbench.config import DecoderConfig
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
 from workbench.pipeline import guard
+from workbench.pipeline import run as pipeline_run
 from workbench.pipeline.run import RunError, RunOptions, run, write
 from workbench.report.schema import strip_time_fields, validate
+from workbench.settings import get_device
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,9 +70,42 @@ def test_report_validates_and_carries_every_section(tiny):
     assert report["routing"] is None  # dense model
 
 
-def test_a_probe_too_large_for_the_host_is_refused_before_allocating():
-    with pytest.raises(RunError, match=r"largest that fits is about [\d,]+ tokens"):
+TOO_LONG = (r"largest that fits is about ([\d,]+) tokens; a \1-token forward would take about [\d.]+ (s|min|h)"
+            r"[\d s]* here \(extrapolated from 128- and 256-token forwards timed now\)")
+
+
+def test_a_probe_too_large_for_the_host_is_refused_before_allocating(tmp_path, monkeypatch):
+    """Refused from the planner's estimate (nothing of 100k tokens is allocated), naming the largest
+    length that fits and how long it would take here, from short forwards timed now."""
+    folder = make_checkpoint(tmp_path / "long", max_positions=4096)
+    small = dataclasses.replace(get_device("cpu"), memory_bytes=64 * 2**20)  # a 64 MiB host
+    monkeypatch.setattr(guard, "get_device", lambda name: small)
+    with pytest.raises(RunError, match=TOO_LONG):
+        run(str(folder), RunOptions(command="attention", tokens=100_000))
+
+
+@pytest.mark.slow
+def test_a_real_model_too_long_for_this_host_is_refused_with_a_time_estimate():
+    with pytest.raises(RunError, match=TOO_LONG):
         run("smollm2", RunOptions(command="attention", tokens=1_000_000))
+
+
+def test_a_device_this_host_lacks_is_refused_before_anything_loads(tiny, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(NativeBackend, "load", never)
+    with pytest.raises(RunError, match=r"--device 'h100-sxm' is a device of the catalog"):
+        run(str(tiny), RunOptions(command="attention", device="h100-sxm"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RunError, match=r"--device cuda: this host has no CUDA device.*this host has: cpu"):
+            run(str(tiny), RunOptions(command="attention", device="cuda"))
+
+
+def test_progress_inside_the_forward_reaches_the_caller(tiny):
+    ticks = []
+    run(str(tiny), RunOptions(command="attention", profile="ci"), on_layer=ticks.append)
+    assert ticks and ticks[-1].done == ticks[-1].n_layers == 2
 
 
 def test_learned_positions_past_the_table_are_a_finding_not_a_crash(tmp_path):
@@ -138,6 +174,7 @@ def test_cuda_out_of_memory_becomes_a_run_error_with_the_largest_length(tiny, mo
 
     monkeypatch.setattr(NativeBackend, "load", explode)
     monkeypatch.setattr(guard, "device_memory_bytes", lambda device: 16 * 2**30)
+    monkeypatch.setattr(pipeline_run, "check_device", lambda device: device)  # as if this host had cuda:0
     with pytest.raises(RunError, match=r"out of memory on cuda:0 with a 4,096-token probe; the largest probe "
                                        r"that fits is about [\d,]+ tokens"):
         run(str(tiny), RunOptions(command="attention", device="cuda:0", tokens=4096))

@@ -21,7 +21,7 @@ from torch import nn
 
 from workbench.measurements.flops import forward_flops
 
-CALIBRATION_TOKENS = 256
+CALIBRATION_TOKENS = 128
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ SECTION_ANALYZERS: dict[str, tuple[str, ...]] = {
     "attention": ("attention_saturation", "saturation", "attention"), "residual": ("residual",),
     "routing": ("routing_collapse", "routing"), "length": ("length_extrapolation", "length"),
     "kv": ("kv_memory", "kv_cache"), "timing": ("timing",)}  # fmt: skip
-TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "run.id", "timing"]  # run.id holds the time
+# run.id and the profiler's trace file name (artifacts.chrome_trace) hold the time
+TIME_FIELDS = ["run.created_utc", "run.duration_seconds", "run.id", "timing", "artifacts.chrome_trace"]
 TIMING_COMPONENTS = ("attn", "mlp", "router", "other")  # per_layer keys, "<name>_us" or "<name>"
 PROBE_KINDS = ("random", "repeated", "natural", "user")
 MAX_PROBLEMS = 50
