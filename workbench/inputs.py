@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 
 from workbench.errors import InputError
+from workbench.units import plural
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only named in annotations
@@ -351,7 +352,7 @@ def make_probe(
             kind=kind,
             tokens=tokens,
             seed=None,
-            description=f"user text, {tokens.shape[1]} tokens ({source}){_bos_note(tokenizer)}",
+            description=f"user text, {plural(tokens.shape[1], 'token')} ({source}){_bos_note(tokenizer)}",
         )
     if length is None:
         raise InputError(f"a {kind} probe needs a length")

@@ -82,3 +82,9 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def plural(count: int | float, noun: str, plural_form: str | None = None) -> str:
+    """``1 token``, ``2 tokens``, ``1,024 tokens`` (thousands separators for integers)."""
+    shown = f"{count:,}" if isinstance(count, int) else f"{count:g}"
+    return f"{shown} {noun if count == 1 else (plural_form or noun + 's')}"

@@ -16,8 +16,9 @@ from report_sample import sample_report
 
 from workbench.report.compact import compact, compact_pattern
 from workbench.report.patterns import pattern_figures, pattern_views
-from workbench.report.text import plural, printable
+from workbench.report.text import printable
 from workbench.report.writer import dumps
+from workbench.units import plural
 
 STATS = ("entropy", "entropy_norm", "max_prob", "argmax", "sink_mass", "mean_distance", "logit_std")
 

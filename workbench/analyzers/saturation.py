@@ -40,6 +40,7 @@ import torch
 from workbench.analyzers import merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.attention import AttentionRecord
+from workbench.units import plural
 
 NAME = "attention_saturation"
 
@@ -105,7 +106,7 @@ def analyze(
     skip = int(t["skip_positions"])
     if record.n_tokens <= skip + 1:
         return [Finding(NAME, "recorded", "skip",
-                        f"the probe has {record.n_tokens} tokens; saturation needs more than {skip + 1}")]
+                        f"the probe has {plural(record.n_tokens, 'token')}; saturation needs more than {skip + 1}")]
     metrics = head_metrics(record, t["onehot_prob"], skip)
     if bool(torch.isnan(metrics["entropy_norm"]).all()):
         return [Finding(NAME, "recorded", "skip", "attention statistics are not finite (see nonfinite)")]

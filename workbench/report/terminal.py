@@ -28,7 +28,8 @@ from workbench.report.format import (
     where_text,
 )
 from workbench.report.schema import SECTION_ANALYZERS, SECTIONS
-from workbench.report.text import plural, printable
+from workbench.report.text import printable
+from workbench.units import plural
 
 STATUS_STYLES = {"pass": "green", "info": "blue", "skip": "dim", "warn": "yellow", "fail": "bold red"}
 

@@ -43,9 +43,3 @@ def token_text(label: str) -> str:
     if text and not text.strip(" "):
         return "\u2423" * len(text)
     return text
-
-
-def plural(count: int | float, noun: str, plural_form: str | None = None) -> str:
-    """``1 token``, ``2 tokens``, ``1,024 tokens`` (thousands separators for integers)."""
-    shown = f"{count:,}" if isinstance(count, int) else f"{count:g}"
-    return f"{shown} {noun if count == 1 else (plural_form or noun + 's')}"
