@@ -388,6 +388,16 @@ def test_summary_panel_and_render(report: dict) -> None:
     assert "5 passing checks not shown" in output and "logit_scale" not in output
 
 
+def test_a_skip_says_how_to_run_its_check(report: dict) -> None:
+    skip = next(f for f in report["findings"] if f["status"] == "skip")
+    skip["fix"] = "Raise probes.max_tokens (e.g. --profile long)."
+    console = Console(width=160, record=True, color_system=None)
+    render(report, console)
+    lines = console.export_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("SKIP"))
+    assert lines[at + 1].strip() == "fix: Raise probes.max_tokens (e.g. --profile long)."
+
+
 def test_a_section_its_analyzer_skipped_is_not_also_not_run(report: dict) -> None:
     """`workbench routing` on a dense model: routing_collapse says skip (no MoE layers) and the
     routing section is empty; the header says skip once, never "not run" as well."""

@@ -138,7 +138,8 @@ def findings_blocks(report: dict[str, Any], statuses: tuple[str, ...] = ("fail",
 
 
 def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", "skip", "pass")) -> Group:
-    """One line per (status, analyzer/check) with how many findings and where."""
+    """One line per (status, analyzer/check) with how many findings and where; a lone skip also
+    says how to run its check (its fix)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for finding in sorted_findings(report.get("findings") or []):
         if finding["status"] in statuses:
@@ -151,6 +152,8 @@ def grouped_counts(report: dict[str, Any], statuses: tuple[str, ...] = ("info", 
         places = [p for p in places if p and p != "model"]
         if len(items) == 1:
             line.append("  " + printable(items[0]["message"]), style="dim")
+            if status == "skip" and items[0].get("fix"):  # how to run the check after all
+                line.append("\n  fix: " + printable(items[0]["fix"]), style="italic")
         else:
             line.append(f"  x{len(items)}", style="bold")
             if places:
