@@ -11,7 +11,9 @@ after minutes of probing (or with a traceback when the report is written):
   can be written (an absent or empty folder is used as given; a folder holding files only with
   ``force``);
 * :func:`dtype_notes`: what a user should know about the dtype on this device (a CPU without
-  native half-precision arithmetic runs it slower than float32).
+  native half-precision arithmetic runs it slower than float32);
+* :func:`check_options` runs them all for an analysis command; :func:`read_prompt` reads
+  ``--prompt``/``--text``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def check_device(device: str) -> str:
             hint = (f"{shown!r} is a device of the catalog, for `workbench kv --device` (memory "
                     "planning); analysis commands run on a torch device (cpu, cuda, cuda:1)")
         elif device.strip().lower() in _VENDOR_WORDS | {"cuda0", "gpu0", "gpu:0"}:
-            hint = f"{shown!r} is not a torch device name; a GPU is cuda (NVIDIA, AMD ROCm) or mps (Apple)"
+            hint = f"{shown!r} is not a torch device name; a GPU is cuda (NVIDIA, AMD ROCm), mps (Apple) or xpu (Intel)"
         else:
             hint = f"{shown!r} is not a torch device (cpu, cuda, cuda:1, mps)"
         raise RunError(f"--device {hint}; {has}") from None
