@@ -230,3 +230,13 @@ def test_check_on_bad_input_prints_one_line_not_pytest(tiny, tmp_path):
     assert result.stdout == "", result.stdout  # no "!!! Exit", no "no tests ran"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {truncated}") and "safetensors" in lines[0], lines
+
+
+def test_progress_inside_the_forward_reaches_a_ci_log(tiny, tmp_path, monkeypatch):
+    """Without a terminal, a long forward logs its block count and time left (here after every
+    block: the interval is set to 0)."""
+    monkeypatch.setattr(cli, "LOG_EVERY_SECONDS", 0)
+    result = invoke("attention", str(tiny), "--profile", "ci", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    ticks = [line for line in result.stderr.splitlines() if line.startswith("... recording") and ": layer " in line]
+    assert ticks and ticks[-1].endswith("layer 2/2"), result.stderr
