@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from workbench.errors import WorkbenchError  # no torch: --help stays instant
+
 app = typer.Typer(
     name="workbench",
     help="Transformer Workbench: look inside decoder-only transformers and find what is wrong.\n\n"
@@ -120,12 +122,6 @@ def _library_output(verbose: bool) -> Iterator[None]:
             logging.disable(previous)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from workbench.errors import WorkbenchError
-
-    return (WorkbenchError,)
-
-
 def _run_command(command: str, checkpoint: str | None, profile: str, device: str, dtype: str,
                  tokens: int | None, prompt: str | None, text: Path | None, out_dir: Path | None,
                  json_path: Path | None, quiet: bool, seed: int | None, backend: str = "native",
@@ -139,8 +135,6 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
             from workbench.pipeline.preflight import check_options, read_prompt
             from workbench.report.terminal import render
             from workbench.report.text import printable
-
-            user_errors = _user_errors()
         except ImportError as error:  # pragma: no cover - broken install
             raise _fail_input(f"cannot import the workbench ({error})") from None
         try:
@@ -176,7 +170,7 @@ def _run_command(command: str, checkpoint: str | None, profile: str, device: str
             if json_path is not None:
                 json_path.parent.mkdir(parents=True, exist_ok=True)
                 json_path.write_text((folder / "report.json").read_text(encoding="utf-8"), encoding="utf-8")
-        except user_errors as error:
+        except WorkbenchError as error:
             raise _fail_input(str(error)) from None
         except KeyboardInterrupt:
             err.print("interrupted: no report was written")
@@ -248,7 +242,7 @@ def kv(
         result = kv_report(model, device=device, context=context, batch=batch, tp=tp, kv_dtype=kv_dtype,
                            utilization=utilization, block_size=block_size, weights_dtype=weights_dtype,
                            profile=profile)
-    except _user_errors() as error:
+    except WorkbenchError as error:
         raise _fail_input(str(error)) from None
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,8 +263,11 @@ def _gib(value: float | None) -> str:
 def _render_kv(result: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from workbench.report.text import printable
+
     plan = result["plan"]
-    table = Table(title=f"{result['model']} ({result['attention']}) on {result['device']}", show_header=False)
+    table = Table(title=Text(printable(f"{result['model']} ({result['attention']}) on {result['device']}")),
+                  show_header=False)
     rows = [
         ("KV bytes per token", f"{plan['kv_bytes_per_token']:,}"),
         ("KV cache", _gib(plan["kv_bytes"])),
@@ -292,9 +289,9 @@ def _render_kv(result: dict[str, Any]) -> None:
         if finding["status"] == "pass":
             continue
         colour = STATUS_STYLES.get(finding["status"], "white")
-        out.print(Text.assemble((finding["status"], colour), " ", finding["message"]), highlight=False)
+        out.print(Text.assemble((finding["status"], colour), " ", printable(finding["message"])), highlight=False)
         if finding.get("fix"):
-            out.print(Text("  fix: " + finding["fix"]), highlight=False)
+            out.print(Text("  fix: " + printable(finding["fix"])), highlight=False)
 
 
 @app.command()
@@ -312,7 +309,7 @@ def check(
             from workbench.pipeline import check as probes
 
             probes.check_inputs(checkpoint, profile, junitxml)  # one line, before pytest's banner
-        except _user_errors() as error:
+        except WorkbenchError as error:
             raise _fail_input(str(error)) from None
 
     def sink(chunk: bytes) -> None:

@@ -240,3 +240,19 @@ def test_progress_inside_the_forward_reaches_a_ci_log(tiny, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     ticks = [line for line in result.stderr.splitlines() if line.startswith("... recording") and ": layer " in line]
     assert ticks and ticks[-1].endswith("layer 2/2"), result.stderr
+
+
+def test_kv_shows_a_model_name_with_escapes_inert(tmp_path):
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "kv"
+    folder.mkdir()
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    data = json.loads(config.to_json_string())
+    data["_name_or_path"] = f"evil{ESCAPES}[bold]x[/bold]"
+    (folder / "config.json").write_text(json.dumps(data))
+    result = invoke("kv", str(folder / "config.json"), "--device", "l4", "--context", "64")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\\x1b[2J" in result.stdout
+    assert "[bold]x[/bol" in result.stdout  # shown as typed, not taken for markup (the title may wrap)
