@@ -28,7 +28,7 @@ from workbench.analyzers import nonfinite, routing_collapse
 from workbench.backends.base import NOT_SUPPORTED, Backend
 from workbench.backends.native import NativeBackend
 from workbench.backends.nnsight.backend import NnsightBackend
-from workbench.errors import RunError
+from workbench.errors import RunError, WorkbenchError
 from workbench.findings import Finding
 from workbench.loading.checkpoint import COMPUTE_DTYPES, parse_dtype
 from workbench.loading.sources import DEFAULT_MODEL
@@ -130,7 +130,11 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         if not error.largest_tokens or backend.name != "native":
             raise
         say("timing short forwards to say how long the largest probe that fits would take")
-        raise with_time_estimate(error, backend.load(source, options.dtype, options.device).module) from None
+        try:
+            model = backend.load(source, options.dtype, options.device).module
+        except WorkbenchError:  # a checkpoint that cannot load: the guard's refusal stands alone
+            raise error from None
+        raise with_time_estimate(error, model) from None
     result = RunResult(report={})
     if "timing" in wanted and backend.name == "native":
         if options.trace_dir is not None:
