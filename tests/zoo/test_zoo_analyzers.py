@@ -83,7 +83,7 @@ def test_probes_fail_on_a_pathology_and_pass_its_twin(members, tmp_path):
     sick = probes(members["unscaled-attention"], tmp_path)
     assert sick.returncode == 1, sick.stdout[-3000:]
     assert "test_no_saturated_layer" in sick.stdout
-    assert "one-hot to content tokens" in sick.stdout and "fix: Scale attention logits" in sick.stdout
+    assert "runaway logits and collapsed attention" in sick.stdout and "fix: Scale attention logits" in sick.stdout
     assert 'failures="1"' in (tmp_path / "junit.xml").read_text()
     healthy = probes(members["scaled-attention"], tmp_path)
     assert healthy.returncode == 0, healthy.stdout[-3000:]
