@@ -55,7 +55,9 @@ DeviceOpt = Annotated[str, typer.Option(help="Torch device to run on: cpu, cuda,
                                               "name such as h100-sxm: that is `workbench kv --device`.")]
 DtypeOpt = Annotated[str, typer.Option(help="Compute dtype: float32, bfloat16 or float16.")]
 TokensOpt = Annotated[int | None, typer.Option(min=2, max=1_048_576,
-                                               help="Main probe length in tokens (default: the profile's).")]
+                                               help="Main probe length in tokens (default: the profile's); for "
+                                                    "extrapolation, the longest probe of the length sweep, "
+                                                    "past the profile's cap.")]
 PromptOpt = Annotated[str | None, typer.Option(help="Probe on this text instead of the shipped corpus.")]
 TextOpt = Annotated[Path | None, typer.Option(help="Probe on the text in this file.")]
 OutOpt = Annotated[Path | None, typer.Option(help="Report folder, absent or empty (default: "
@@ -190,7 +192,8 @@ ANALYSIS_COMMANDS = {
     "attention": "Attention statistics per layer and head: saturation, sink heads, logit scale, patterns.",
     "residual": "Residual stream: write norms per layer, the logit lens, per-position loss.",
     "routing": "MoE routing: load and importance per expert, dead experts, balance loss.",
-    "extrapolation": "Loss per position at lengths around the claimed context: where does the model stop coping?",
+    "extrapolation": "Loss per position at lengths around the claimed context: where does the model stop coping? "
+                     "--tokens N probes up to N tokens.",
     "profile": "Time the forward per op and per layer component; write a TensorBoard and a Perfetto trace.",
 }
 

@@ -183,13 +183,13 @@ def _loss_curve(
 def _length(rng: random.Random, config: Any) -> dict[str, Any]:
     trained = config.trained_context
     probes = [_loss_curve(rng, length, trained, "natural") for length in (trained // 2, trained, trained * 2)]
-    probes.append(_loss_curve(rng, trained * 2, trained, "repeated"))
+    probes.append(_loss_curve(rng, trained * 2, trained, "copy"))
     probes.append({"kind": "natural", "length": trained * 4, "bucket_size": 512, "loss_by_position": [],
                    "in_context_loss": None, "beyond_loss": None,
                    "error": "skipped: 131,072 tokens exceed probes.max_tokens (65,536)"})  # fmt: skip
     return {
         "trained_context": trained, "max_positions": config.max_positions, "positions": config.positions,
-        "probes": probes, "effective_context": {"natural": trained + trained // 8, "repeated": trained},
+        "probes": probes, "effective_context": {"natural": trained + trained // 8, "copy": trained},
     }  # fmt: skip
 
 

@@ -12,7 +12,6 @@ from helpers import TINY_DECODERS
 
 from workbench.analyzers import length_extrapolation, nonfinite, routing_collapse, saturation
 from workbench.config import DecoderConfig
-from workbench.measurements.length import LengthProbe, LengthRecord
 from workbench.model.decoder import HookedDecoder
 from workbench.recorders import record
 from workbench.recorders.attention import STATS, AttentionRecord
@@ -197,54 +196,6 @@ def test_one_dead_expert_of_many_is_a_warn():
 
 def test_dense_model_skips_routing():
     assert routing_collapse.analyze(None, is_moe=False)[0].status == "skip"
-
-
-def length_record(positions: str, boundary: int, curves: dict[int, torch.Tensor], errors=None) -> LengthRecord:
-    record = LengthRecord(boundary=boundary, trained_context=boundary, positions=positions)
-    for length, loss in curves.items():
-        record.probes.append(LengthProbe(kind="natural", length=length, loss=loss))
-    for length, error in (errors or {}).items():
-        record.probes.append(LengthProbe(kind="natural", length=length, error=error))
-    return record
-
-
-def test_loss_rising_past_the_context_fails_with_the_departure_point():
-    loss = torch.full((255,), 2.0)
-    loss[80:] = 4.0  # departs at 80, boundary 64
-    findings = length_extrapolation.analyze(length_record("rope", 64, {256: loss}))
-    fail = [f for f in findings if f.status == "fail"]
-    assert len(fail) == 1 and fail[0].check == "loss_beyond_context_natural"
-    assert 64 <= fail[0].details["effective_context"] <= 80
-    assert fail[0].value == pytest.approx(4.0 * (175 / 192) + 2.0 * (17 / 192) - 2.0, abs=0.01)
-
-
-def test_loss_that_holds_passes():
-    loss = 2.0 + 0.05 * torch.randn(255, generator=torch.Generator().manual_seed(0))
-    findings = length_extrapolation.analyze(length_record("alibi", 64, {256: loss}))
-    assert {f.status for f in findings} == {"pass"}
-
-
-def test_learned_positions_past_the_table_are_a_finding():
-    record = length_record("learned", 64, {64: torch.full((63,), 2.0)},
-                           errors={128: "position 127 is past the learned position table (64 positions)"})
-    findings = length_extrapolation.analyze(record)
-    table = by_check(findings, "position_table")
-    assert table and table[0].status == "fail" and "128 tokens" in table[0].message
-
-
-def test_no_probe_beyond_context_is_a_skip_naming_the_cap():
-    record = length_record("rope", 8192, {1024: torch.full((1023,), 3.0)})
-    record.skipped_lengths = [16384]
-    findings = length_extrapolation.analyze(record)
-    assert [f.status for f in findings] == ["skip"] and "16,384" in findings[0].message
-
-
-def test_repeated_probe_ignores_its_unpredictable_first_block():
-    loss = torch.full((255,), 0.1)
-    loss[:31] = 5.0  # first block of 32: unpredictable by construction
-    record = LengthRecord(boundary=64, trained_context=64, positions="rope")
-    record.probes.append(LengthProbe(kind="repeated", length=256, loss=loss, block_len=32))
-    assert {f.status for f in length_extrapolation.analyze(record)} == {"pass"}
 
 
 def tiny_model() -> HookedDecoder:

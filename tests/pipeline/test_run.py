@@ -112,7 +112,8 @@ def test_learned_positions_past_the_table_are_a_finding_not_a_crash(tmp_path):
     folder = make_checkpoint(tmp_path / "learned", positions="learned", max_positions=32)
     report = run(str(folder), RunOptions(command="extrapolation", profile="ci")).report
     table = [f for f in report["findings"] if f["check"] == "position_table"]
-    assert table and table[0]["status"] == "fail" and "past the learned position table" in table[0]["message"]
+    # the table ends where the config says: an honest limit, a warn (a fail under the long profile)
+    assert table and table[0]["status"] == "warn" and "past the learned position table" in table[0]["message"]
 
 
 def test_sliding_window_past_the_window_and_length_one(tmp_path):

@@ -105,6 +105,9 @@ def test_members_and_twins() -> None:
         "moe-balanced",
         "learned-positions",
         "rope-short",
+        "rope-overclaimed",
+        "rope-scaled-untuned",
+        "rope-scaled-tuned",
         "alibi",
         "byte-text",
         "flat-attention",
@@ -114,9 +117,10 @@ def test_members_and_twins() -> None:
     assert twins == {
         "unscaled-attention": "scaled-attention",
         "moe-collapsed": "moe-balanced",
-        "rope-short": "alibi",
         "flat-attention": "byte-text",
         "minority-unscaled": "byte-text",
+        "rope-overclaimed": "rope-short",
+        "rope-scaled-untuned": "rope-scaled-tuned",
     }
     for name, spec in zoo.MEMBERS.items():
         assert spec.name == name and spec.config.name == name
@@ -132,6 +136,10 @@ def test_members_and_twins() -> None:
         ("learned-positions", "rope-short", {"positions"}, set()),  # the three length siblings
         ("flat-attention", "byte-text", set(), {"q_scale"}),  # the bug is written after training
         ("minority-unscaled", "byte-text", set(), {"q_scale", "q_scale_heads"}),
+        ("rope-overclaimed", "rope-short", set(), {"claim"}),  # same weights, another claim
+        ("rope-scaled-untuned", "rope-short", set(), {"claim"}),
+        ("rope-scaled-untuned", "rope-scaled-tuned", {"rope_scaling"},
+         {"claim", "task", "steps", "learning_rate", "warmup_steps", "start_from"}),
     ],
 )
 def test_twins_differ_only_in_the_cause(sick: str, healthy: str, config_diff: set, spec_diff: set) -> None:
@@ -149,9 +157,12 @@ def test_ground_truth() -> None:
         "scaled-attention": ("attention_saturation", "saturated_layer", None),
         "moe-collapsed": ("routing_collapse", "dead_experts", "fail"),
         "moe-balanced": ("routing_collapse", "dead_experts", None),
-        "learned-positions": ("length_extrapolation", "position_table", "fail"),
-        "rope-short": ("length_extrapolation", "loss_beyond_context_repeated", "fail"),
-        "alibi": ("length_extrapolation", "loss_beyond_context_repeated", None),
+        "learned-positions": ("length_extrapolation", "position_table", "warn"),
+        "rope-short": ("length_extrapolation", "loss_beyond_claim_copy", "warn"),
+        "rope-overclaimed": ("length_extrapolation", "loss_within_claim_copy", "fail"),
+        "rope-scaled-untuned": ("length_extrapolation", "rope_scaling", "fail"),
+        "rope-scaled-tuned": ("length_extrapolation", "loss_within_claim_copy", None),
+        "alibi": ("length_extrapolation", "loss_beyond_claim_copy", None),
         "byte-text": ("attention_saturation", "saturated_layer", None),
         "flat-attention": ("attention_saturation", "flat_layer", "fail"),
         "minority-unscaled": ("attention_saturation", "saturated_layer", "fail"),
@@ -159,7 +170,7 @@ def test_ground_truth() -> None:
     for name, (analyzer, check, status) in expected.items():
         truth = zoo.ground_truth(name)
         assert (truth.analyzer, truth.check, truth.status) == (analyzer, check, status)
-        assert bool(truth.where) == (status == "fail")  # a failure says where, a pass does not
+        assert bool(truth.where) == (status is not None)  # a finding says where, a pass does not
     assert [(w.layer, w.head) for w in zoo.ground_truth("unscaled-attention").where] == [(0, None), (1, None)]
     assert [(w.layer, w.expert) for w in zoo.ground_truth("moe-collapsed").where] == [(0, 0), (1, 0)]
     assert zoo.ground_truth("rope-short").where[0].positions[0] == CONTEXT
@@ -181,6 +192,20 @@ def test_copy_task_repeats_its_block() -> None:
     again, _ = task.sample(zoo.VOCAB_SIZE, torch.Generator().manual_seed(3))
     first, _ = task.sample(zoo.VOCAB_SIZE, torch.Generator().manual_seed(3))
     assert torch.equal(again, first)
+
+
+def test_pair_copy_task_copies_each_block_once() -> None:
+    task = zoo.PairCopyTask()
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        tokens, block_len = task.sample(zoo.VOCAB_SIZE, generator)
+        assert tokens.shape == (task.batch, task.context)
+        for start in range(0, task.context - block_len, 2 * block_len):  # A A, then a fresh B B
+            second = tokens[:, start + block_len : start + 2 * block_len]
+            assert torch.equal(second, tokens[:, start : start + second.shape[1]])
+            if start + 2 * block_len < task.context:
+                assert not torch.equal(tokens[:, start + 2 * block_len : start + 3 * block_len][:, :1],
+                                       tokens[:, start : start + 1])
 
 
 def test_text_task_reads_the_corpus_as_bytes() -> None:
@@ -287,7 +312,8 @@ def test_every_member_builds_and_loads(built: BuiltZoo, models) -> None:
     for name, path in built.paths.items():
         assert path.name == name
         assert (path / "workbench.json").is_file() and (path / "model.safetensors").is_file()
-        assert models[name].config == zoo.MEMBERS[name].config
+        spec = zoo.MEMBERS[name]
+        assert models[name].config == spec.config.replace(**spec.claim)  # a claim only the saved config makes
         provenance = json.loads((path / zoo.ZOO_FILE).read_text())
         assert provenance["member"] == name and provenance["steps"] == zoo.MEMBERS[name].steps
         assert 0 < provenance["build_seconds"] <= built.seconds[name] + 0.01  # it is rounded
@@ -390,7 +416,10 @@ def test_learned_positions_stop_at_their_table(models) -> None:
 
 
 # Margins: seeds 0, 1 and 2 measured RoPE at +0.9-1.2 nats (2.4-3.2x) at 4x the context and
-# +2.1-2.3 nats (3.7-6.2x) at 8x, ALiBi at 0.3-0.35 nats at both (0.7-0.76 in context).
+# +2.1-2.3 nats (3.7-6.2x) at 8x, ALiBi at 0.3-0.35 nats at both (0.7-0.76 in context), when the
+# length members trained on looped blocks only. Trained on looped blocks and blocks copied once
+# (seed 0): RoPE 0.92 in context, 2.0 (2.2x) at 4x, 3.1 (3.4x) at 8x; ALiBi 0.82, 0.53, 0.50;
+# blocks of length/2: RoPE 4.7 and 5.7, ALiBi 0.94 and 1.41.
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("factor", "min_gap", "min_ratio", "min_ratio_to_alibi"), [(4, 0.7, 2.0, 2.5), (8, 1.5, 3.0, 5.0)]

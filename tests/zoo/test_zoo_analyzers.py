@@ -47,25 +47,21 @@ def test_every_pathology_is_flagged_where_it_is(name, reports):
         assert any(matches(f, where) for f in fails), (name, where, [f["where"] for f in fails])
 
 
-# Every zoo member is trained at a 64-token context; all but alibi use RoPE and learned-positions
-# has a 64-entry table, so probing past 64 tokens legitimately fails length_extrapolation on them.
-LENGTH_HOLDS = {"alibi"}
-
-
 @pytest.mark.parametrize("name", [n for n, spec in zoo.MEMBERS.items() if spec.expect.status is None])
 def test_every_healthy_member_gets_no_fail(name, reports):
+    # every member is trained at (and, but for the overclaimed one, claims) its context: models
+    # that stop coping past it are a warn under the default profile, never a fail
     fails = [f"{f['analyzer']}/{f['check']} {f['where']}: {f['message']}"
-             for f in reports[name]["findings"] if f["status"] == "fail"
-             and (f["analyzer"] != "length_extrapolation" or name in LENGTH_HOLDS)]
+             for f in reports[name]["findings"] if f["status"] == "fail"]
     assert fails == []
 
 
-@pytest.mark.parametrize("name", [n for n, spec in zoo.MEMBERS.items() if spec.healthy_twin])
-def test_twins_differ_only_in_the_verdict_of_their_analyzer(name, reports):
-    twin = zoo.MEMBERS[name].healthy_twin
-    analyzer = zoo.ground_truth(name).analyzer
-    assert reports[name]["summary"]["analyzers"][analyzer] == "fail"
-    assert reports[twin]["summary"]["analyzers"][analyzer] != "fail"
+@pytest.mark.parametrize("name", [n for n, spec in zoo.MEMBERS.items() if spec.expect.status == "warn"])
+def test_every_honest_limit_is_a_warn_not_a_fail(name, reports):
+    truth = zoo.ground_truth(name)
+    found = [f for f in reports[name]["findings"] if f["analyzer"] == truth.analyzer and f["check"] == truth.check]
+    assert found and {f["status"] for f in found} == {"warn"}, found
+    assert all(f["where"]["positions"][0] >= zoo.TRAINED_CONTEXT for f in found)
 
 
 def probes(checkpoint: Path, tmp_path: Path) -> subprocess.CompletedProcess:

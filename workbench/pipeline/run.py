@@ -123,7 +123,9 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         check_fits_in_memory(config, tokens, options.device, options.dtype, label=label,
                              setting="--tokens" if options.tokens else f"{profile.path} [probes] tokens")
         if config is not None and "length" in wanted:  # the sweep's longest probe, at the profile's batch
-            check_fits_in_memory(config, steps.longest_sweep(config, profile), options.device, options.dtype,
+            requested = options.tokens if options.command == "extrapolation" else None
+            check_fits_in_memory(config, steps.longest_sweep(config, profile, requested), options.device,
+                                 options.dtype,
                                  batch=int(profile.probes["batch"]), label=label,
                                  setting=f"the length sweep of {profile.path} [probes]")
     except ProbeTooLong as error:
@@ -199,9 +201,10 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             analyzer, reason = NOT_SUPPORTED[concern]
             findings.append(Finding(analyzer, "backend", "skip", f"not run on the {backend.name} backend: {reason}"))
     if "length" in wanted and backend.supports("length", description):
+        longest = options.tokens if options.command == "extrapolation" else None
         with ticking():
             findings += steps.length(loaded.module, description.decoder_config, profile, loaded.tokenizer, seed,
-                                     sections, say)
+                                     sections, say, longest)
     if "kv" in wanted and backend.supports("kv", description):
         findings += steps.kv(description.decoder_config, profile, sections)
     if "timing" in wanted and backend.supports("timing", description) and trace_dir is not None:

@@ -15,7 +15,7 @@ from workbench.config import DecoderConfig
 from workbench.errors import InputError, PlanError, RunError
 from workbench.findings import Finding
 from workbench.inputs import ProbeInput, make_probe, natural_text_tokens
-from workbench.measurements.length import run_length_sweep, sweep_lengths
+from workbench.measurements.length import claimed_context, run_length_sweep, sweep_lengths
 from workbench.measurements.timing import profile_forward
 from workbench.pipeline.commands import PATTERN_ROWS
 from workbench.recorders import PatternRequest, Recording
@@ -74,44 +74,33 @@ def analyze_records(recording: Recording | None, n_experts: int, profile: Profil
     return findings
 
 
-def longest_sweep(config: DecoderConfig, profile: Profile) -> int:
-    """The longest probe of the length sweep (what the memory guard checks before it runs)."""
+def longest_sweep(config: DecoderConfig, profile: Profile, requested: int | None = None) -> int:
+    """The longest probe of the length sweep (what the memory guard checks before it runs);
+    ``requested`` is ``extrapolation --tokens N``."""
     probes = profile.probes
-    lengths, _ = sweep_lengths(config.max_positions, list(probes["extrapolation_factors"]),
-                               list(probes["lengths"]), int(probes["max_tokens"]))
+    lengths, _ = sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
+                               list(probes["lengths"]), int(probes["max_tokens"]), requested=requested)
     return max(lengths, default=2)
 
 
 def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, seed: int,
-           sections: dict[str, Any], say: Any) -> list[Finding]:
-    """The length sweep around the claimed context, its findings and the report's length section."""
+           sections: dict[str, Any], say: Any, longest: int | None = None) -> list[Finding]:
+    """The length sweep around the claimed context, its findings and the report's length section.
+    ``longest`` (``extrapolation --tokens N``) is the longest probe, past the profile's cap."""
     probes = profile.probes
-    lengths, skipped = sweep_lengths(config.max_positions, list(probes["extrapolation_factors"]),
-                                     list(probes["lengths"]), int(probes["max_tokens"]))
+    lengths, skipped = sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
+                                     list(probes["lengths"]), int(probes["max_tokens"]), requested=longest)
 
     def natural(n_tokens: int, probe_seed: int) -> torch.Tensor:
         return natural_text_tokens(tokenizer, n_tokens, batch=int(probes["batch"]), seed=probe_seed,
                                    vocab_size=config.vocab_size)
 
+    seeds = [seed + i for i in range(int(probes["length_seeds"]))]
     record = run_length_sweep(model, lengths, natural=natural, vocab_size=config.vocab_size,
-                              block_len=int(probes["repeat_block"]), seed=seed, batch=int(probes["batch"]),
-                              skipped=skipped, progress=say)
+                              block_len=int(probes["repeat_block"]), seeds=seeds, batch=int(probes["batch"]),
+                              copy_text=tokenizer is not None, skipped=skipped, progress=say)
     findings = length_extrapolation.analyze(record, profile.thresholds.get(length_extrapolation.NAME))
-    section = record.to_dict()
-    effective = {}
-    for finding in findings:
-        if finding.check.startswith("loss_beyond_context_"):
-            effective[finding.check.removeprefix("loss_beyond_context_")] = finding.details.get("effective_context")
-    for entry in section["probes"]:
-        match = next(p for p in record.probes if p.kind == entry["kind"] and p.length == entry["length"])
-        if match.loss is not None:
-            inside, beyond = length_extrapolation.levels(match, record.boundary)
-            entry["in_context_loss"] = None if inside != inside else round(inside, 4)
-            entry["beyond_loss"] = None if beyond != beyond else round(beyond, 4)
-        else:
-            entry["in_context_loss"] = entry["beyond_loss"] = None
-    section["effective_context"] = effective
-    sections["length"] = section
+    sections["length"] = length_extrapolation.section(record, findings)
     return findings
 
 

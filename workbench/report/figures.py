@@ -179,13 +179,14 @@ def routing_figures(routing: dict[str, Any]) -> dict[str, Figure]:
 
 
 def length_figures(length: dict[str, Any]) -> dict[str, Figure]:
-    """Loss against position, one line per probe length (a moving average over the raw curve,
-    which is drawn faintly), the trained context marked when the probes reach it."""
+    """Loss against position, one line per probe kind and length (a moving average over the raw
+    curve, which is drawn faintly; probes read off a longer one's prefix are not drawn again),
+    the trained context marked when the probes reach it."""
     lines = []
     longest = 0
     for index, probe in enumerate(length.get("probes") or []):
         losses = probe.get("loss_by_position") or []
-        if probe.get("error") or not losses:
+        if probe.get("error") or not losses or probe.get("prefix_of"):
             continue
         size = probe["bucket_size"]
         x = [i * size + (size - 1) / 2 for i in range(len(losses))]
@@ -204,7 +205,7 @@ def length_figures(length: dict[str, Any]) -> dict[str, Figure]:
             line["y"] = moving_average(losses, window)
             line["legendgroup"] = name
             line["hovertemplate"] = hover.replace("nats<", f"nats (mean of {window * size:,} positions)<")
-        if probe["kind"] == "repeated":
+        if probe["kind"] == "copy":
             line["line"]["dash"] = "dash"
         lines.append(line)
     if not lines:

@@ -278,14 +278,14 @@ def _routing_layer(c: _Checker, value: Any, path: str) -> None:
 
 ROUTING = obj({"layers": list_of(_routing_layer)})
 LENGTH_PROBE = obj(
-    {"kind": one_of("natural", "repeated"), "length": POS_INT, "bucket_size": POS_INT,
+    {"kind": one_of("natural", "copy"), "length": POS_INT, "bucket_size": POS_INT,
      "loss_by_position": nullable(list_of(NUM_OR_NULL)), "in_context_loss": NUM_OR_NULL,
-     "beyond_loss": NUM_OR_NULL, "error": nullable(STR)}
-)  # fmt: skip
+     "beyond_loss": NUM_OR_NULL, "error": nullable(STR)},
+    {"seeds": list_of(INT), "in_context_spread": NUM_OR_NULL, "prefix_of": nullable(POS_INT)})  # fmt: skip
 LENGTH = obj(
     {"trained_context": POS_INT, "max_positions": POS_INT, "positions": STR,
-     "probes": list_of(LENGTH_PROBE), "effective_context": dict_of(nullable(NONNEG_INT))}
-)  # fmt: skip
+     "probes": list_of(LENGTH_PROBE), "effective_context": dict_of(nullable(NONNEG_INT))},
+    {"chance_loss": NUM, "rope_scaling": nullable(STR)})  # fmt: skip
 KV_PLAN = obj(
     {"device": STR, "batch": POS_INT, "context": POS_INT, "kv_dtype": STR, "kv_bytes": NONNEG_INT,
      "weights_bytes": NONNEG_INT, "total_bytes": NONNEG_INT, "device_bytes": NONNEG_INT,

@@ -13,13 +13,44 @@ import torch
 
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
-from workbench.zoo.specs import MEMBERS, _spec
+from workbench.zoo.specs import MEMBERS, ZooSpec, _spec
 from workbench.zoo.training import _init_weights, _train, _training_threads, _write_q_scale
 
 ZOO_FILE = "zoo.json"
+# Trained weights by everything that determines them: build_all shares one between members.
+TrainedCache = dict[tuple[object, ...], tuple[dict[str, torch.Tensor], float]]
 
 
-def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | None = None) -> Path:
+def _trained(spec: ZooSpec, steps: int, seed: int, cache: TrainedCache) -> tuple[HookedDecoder, float]:
+    """``spec``'s model after training (from ``spec.start_from``'s trained weights when set),
+    and its last batch loss. With a shared ``cache``, members that differ only in name and claim
+    train once."""
+    key = (spec.config.replace(name=""), spec.task, steps, spec.learning_rate, spec.warmup_steps,
+           spec.init, spec.balance_loss, spec.start_from, seed)
+    base = None
+    if spec.start_from is not None and key not in cache:
+        base_spec = _spec(spec.start_from)
+        base = _trained(base_spec, base_spec.steps, seed, cache)[0].state_dict()
+    with _training_threads(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = HookedDecoder(spec.config)
+        if key in cache:
+            state, final_loss = cache[key]
+            model.load_state_dict(state)
+            model.eval()
+            return model, final_loss
+        if base is not None:
+            model.load_state_dict(base)
+        else:
+            _init_weights(model, spec.init)
+        generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+        final_loss = _train(model, spec, generator, steps)
+    cache[key] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, final_loss)
+    return model, final_loss
+
+
+def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | None = None,
+          cache: TrainedCache | None = None) -> Path:
     """Train member ``name`` and save it as the checkpoint folder ``folder/name``; return it.
 
     ``steps`` overrides the member's training steps (quick tests; the ground truth holds only
@@ -28,14 +59,12 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
     spec = _spec(name)
     steps = spec.steps if steps is None else steps
     start = time.perf_counter()
-    with _training_threads(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = HookedDecoder(spec.config)
-        _init_weights(model, spec.init)
-        generator = torch.Generator(device="cpu").manual_seed(seed + 1)
-        final_loss = _train(model, spec, generator, steps)
-        if spec.q_scale != 1.0:
-            _write_q_scale(model, spec.q_scale, spec.q_scale_heads)
+    model, final_loss = _trained(spec, steps, seed, {} if cache is None else cache)
+    if spec.q_scale != 1.0:  # after training (and outside the cache: twins share the trained weights)
+        _write_q_scale(model, spec.q_scale, spec.q_scale_heads)
+    if spec.claim:
+        model.config = model.config.replace(**spec.claim)
+        model.reset_buffers()
     path = save_checkpoint(model, Path(folder) / name)
     provenance = {
         "member": name,
@@ -84,11 +113,12 @@ def build_all(
     """
     names = list(MEMBERS) if names is None else [_spec(name).name for name in names]
     paths = {}
+    cache: TrainedCache = {}  # rope-short, rope-overclaimed, ... train once
     for index, name in enumerate(names, start=1):
         if progress is not None:
             progress(BuildProgress(name, index, len(names)))
         start = time.perf_counter()
-        paths[name] = build(name, folder, seed=seed)
+        paths[name] = build(name, folder, seed=seed, cache=cache)
         if progress is not None:
             progress(BuildProgress(name, index, len(names), time.perf_counter() - start, paths[name]))
     return paths

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workbench.config import DecoderConfig
+from workbench.config import DecoderConfig, RopeScaling
 from workbench.findings import Where
 from workbench.zoo.tasks import (
+    _COPY,
     _TEXT_AND_TOPICS,
     TRAINED_CONTEXT,
     VOCAB_SIZE,
     CopyTask,
+    MixedTask,
+    PairCopyTask,
     Task,
     TextTask,
     TopicTask,
@@ -25,15 +28,16 @@ class GroundTruth:
     """What an analyzer must report for a member.
 
     ``analyzer`` and ``check`` are the names the analyzer gives its findings
-    (``Finding.analyzer``, ``Finding.check``). ``status`` is "fail" for a pathological member and
-    None for a healthy one (no finding of that check may fail). ``where`` lists the places the
+    (``Finding.analyzer``, ``Finding.check``). ``status`` is "fail" for a pathological member,
+    "warn" for an honest limit a user must know (a context that ends where the config says),
+    and None for a healthy one (no finding of that check may fail). ``where`` lists the places the
     failing findings point at: the fields that are set must match (for length findings, the
     range starts at the trained context; its end is the probe's length). ``note`` says by how much.
     """
 
     analyzer: str
     check: str
-    status: Literal["fail"] | None
+    status: Literal["fail", "warn"] | None
     where: tuple[Where, ...] = ()
     note: str = ""
 
@@ -58,6 +62,9 @@ class ZooSpec:
     # within a head). 1.0 = none.
     q_scale: float = 1.0
     q_scale_heads: tuple[int, ...] | None = None
+    # config changes written into the saved checkpoint only: a claim the training never saw
+    claim: dict[str, object] = field(default_factory=dict)
+    start_from: str | None = None  # fine-tune this member's trained weights (same shapes)
 
 
 def _config(name: str, **changes: object) -> DecoderConfig:
@@ -223,50 +230,108 @@ MEMBERS: dict[str, ZooSpec] = {
             description=(
                 "Learned absolute position embeddings with a 64-entry table (max_positions=64, "
                 "the training context), trained like rope-short and alibi (only the position "
-                "scheme differs): it copies in context (0.3-0.4 nats on blocks of 8-16 tokens), "
-                "and any input longer than 64 tokens raises IndexError: it cannot run past its "
-                "table at all."
+                "scheme differs), and any input longer than 64 tokens raises IndexError. The table "
+                "ends where the config says: an honest limit (warn), a fail only under a profile "
+                "that targets extrapolation. Measured: it copies the first pair of the copy probe "
+                "(0.6-1.4 nats) but not the next ones (4-5 nats: by position rather than by "
+                "content), so the copy probe also fails inside its claim."
             ),
             config=_config("learned-positions", positions="learned"),
             expect=GroundTruth(
                 "length_extrapolation",
                 "position_table",
-                "fail",
+                "warn",
                 (Where(positions=_PAST_CONTEXT),),
                 note="every probe longer than 64 tokens fails with IndexError; report it, do not crash",
             ),
+            task=_COPY,
         ),
         ZooSpec(
             name="rope-short",
             description=(
-                "RoPE trained on the copy task at a 64-token context. In context it copies any "
-                "block length well (0.3-0.4 nats); past it, it degrades. Measured on repeated "
-                "blocks of 32: 0.39 nats at 64 tokens, 1.26 at 256, 2.45 at 512; with blocks of "
-                "half the length (copy distances it never saw): 1.9 at 128, 5.1 at 256, 6.4 at "
-                "512, worse than guessing (4.85)."
+                "RoPE trained on the copy tasks at a 64-token context, claiming exactly that. It "
+                "holds its claim and stops coping past it (the seeds' extrapolation failure): "
+                "a warn. Measured on the copy probe (blocks of 16 copied once, seeds 0-2): 1.3-1.4 "
+                "nats within 64 tokens, 3.3 at 64-96, 3.6-5.4 from 96 to 320 (chance 4.85)."
             ),
             config=_config("rope-short"),
             expect=GroundTruth(
                 "length_extrapolation",
-                "loss_beyond_context_repeated",
-                "fail",
+                "loss_beyond_claim_copy",
+                "warn",
                 (Where(positions=_PAST_CONTEXT),),
-                note="repeated blocks of 32 (seeds 0-2): +0.9-1.2 nats (2.4-3.2x) at 256 tokens, "
-                "+2.1-2.3 nats (3.7-6.2x) at 512; blocks of length/2: +4.5-6 nats from 256 on",
+                note="copy probe: effective context 64 tokens, +2.4 nats right past the claim",
             ),
-            healthy_twin="alibi",
+            task=_COPY,
+        ),
+        ZooSpec(
+            name="rope-overclaimed",
+            description=(
+                "rope-short's weights (same task, seed and steps) in a config that claims 8x the "
+                "context it was trained at (max_positions 512). It breaks its own claim: copy "
+                "probe (blocks of 32) 1.0 nats within 64 tokens, 2.8 at 64-128, 4-5.7 up to 512."
+            ),
+            config=_config("rope-overclaimed"),
+            expect=GroundTruth(
+                "length_extrapolation",
+                "loss_within_claim_copy",
+                "fail",
+                (Where(positions=(TRAINED_CONTEXT, 8 * TRAINED_CONTEXT)),),
+                note="copy probe: effective context 64 of the claimed 512 tokens",
+            ),
+            healthy_twin="rope-short",
+            task=_COPY,
+            claim={"max_positions": 8 * TRAINED_CONTEXT},
+        ),
+        ZooSpec(
+            name="rope-scaled-untuned",
+            description=(
+                "rope-short's weights in a config that declares linear RoPE scaling x4 (original "
+                "64, claiming 256) it was never trained with. With the scaling, the copy probe's "
+                "loss at 32-64 tokens is 3.9 nats (chance 4.85); the same weights with the "
+                "scaling off: 1.0."
+            ),
+            config=_config("rope-scaled-untuned"),
+            expect=GroundTruth(
+                "length_extrapolation",
+                "rope_scaling",
+                "fail",
+                (Where(positions=(TRAINED_CONTEXT // 2, TRAINED_CONTEXT)),),
+                note="with the scaling about 3 nats worse than without it at the trained length",
+            ),
+            healthy_twin="rope-scaled-tuned",
+            task=_COPY,
+            claim={"rope_scaling": RopeScaling("linear", 4.0, original_max_positions=TRAINED_CONTEXT)},
+        ),
+        ZooSpec(
+            name="rope-scaled-tuned",
+            description=(
+                "The healthy twin of rope-scaled-untuned: rope-short's weights with the same declared "
+                "scaling (linear x4 over 64, claiming 256), fine-tuned with it at 256 tokens "
+                "(200 steps), so the weights fit the scaled positions. Measured on the copy probe "
+                "(blocks of 32, seeds 0-2): 0.77-1.18 nats up to 256 tokens, 2.2 at 288-320: it "
+                "holds its claim (a warn past it)."
+            ),
+            config=_config("rope-scaled-tuned",
+                           rope_scaling=RopeScaling("linear", 4.0, original_max_positions=TRAINED_CONTEXT)),
+            expect=GroundTruth("length_extrapolation", "loss_within_claim_copy", None),
+            task=MixedTask((CopyTask(context=4 * TRAINED_CONTEXT), PairCopyTask(context=4 * TRAINED_CONTEXT))),
+            steps=200,
+            learning_rate=2e-3,
+            warmup_steps=20,
+            start_from="rope-short",
         ),
         ZooSpec(
             name="alibi",
             description=(
-                "The healthy twin of rope-short: ALiBi, the same task, seed, steps and 64-token "
-                "context. Its recency bias keeps the copy loss past the trained length near its "
-                "in-context level. Measured on repeated blocks of 32: 0.76 nats at 64 tokens, "
-                "0.35 at 256, 0.31 at 512; blocks of half the length: 0.64 at 128, 0.71 at 256, "
-                "1.13 at 512."
+                "ALiBi, the same tasks, seed, steps and 64-token context as rope-short: its "
+                "recency bias keeps the copy loss past the trained length near its in-context "
+                "level. Measured on the copy probe (blocks of 16, seeds 0-2): 1.4-1.6 nats within "
+                "64 tokens, 1.4-2.0 per 32-token window up to 1,024."
             ),
             config=_config("alibi", positions="alibi"),
-            expect=GroundTruth("length_extrapolation", "loss_beyond_context_repeated", None),
+            expect=GroundTruth("length_extrapolation", "loss_beyond_claim_copy", None),
+            task=_COPY,
         ),
     )
 }

@@ -1,4 +1,4 @@
-"""The zoo's synthetic training tasks: copy, topics, corpus text, and mixtures.
+"""The zoo's synthetic training tasks: copy (looped and copied once), topics, corpus text, and mixtures.
 
 Shape legend: B batch rows, T positions, V vocab, K topic size."""
 
@@ -36,6 +36,27 @@ class CopyTask:
         block_len = int(torch.randint(self.min_block, self.max_block + 1, (), generator=generator))
         block_BT = torch.randint(0, vocab_size, (self.batch, block_len), generator=generator)
         return block_BT.repeat(1, -(-self.context // block_len))[:, : self.context], block_len
+
+
+@dataclass(frozen=True)
+class PairCopyTask:
+    """Copies at a bounded distance: fresh random blocks of ``b`` ids, each written twice in a
+    row (``A A B B ...``), as the length sweep's copy probe writes them; ``b`` is drawn per batch
+    in ``[min_block, max_block]``. Loss from position ``b`` on (first copies of later blocks are
+    unpredictable noise the model learns to spread its guess over)."""
+
+    context: int = TRAINED_CONTEXT
+    min_block: int = 8
+    max_block: int = 32
+    batch: int = 16
+
+    def sample(self, vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """One batch ``[B, T]`` int64 and its block length (the first position with loss)."""
+        block_len = int(torch.randint(self.min_block, self.max_block + 1, (), generator=generator))
+        n_pairs = -(-self.context // (2 * block_len))
+        ids = torch.randint(0, vocab_size, (self.batch, n_pairs, 1, block_len), generator=generator)
+        pairs = ids.expand(self.batch, n_pairs, 2, block_len).reshape(self.batch, -1)
+        return pairs[:, : self.context], block_len
 
 
 @dataclass(frozen=True)
@@ -89,14 +110,17 @@ class TextTask:
 class MixedTask:
     """Each batch drawn from one of ``parts``, chosen uniformly at random."""
 
-    parts: tuple[CopyTask | TopicTask | TextTask, ...]
+    parts: tuple[CopyTask | PairCopyTask | TopicTask | TextTask, ...]
 
     def sample(self, vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         part = self.parts[int(torch.randint(len(self.parts), (), generator=generator))]
         return part.sample(vocab_size, generator)
 
 
-Task = CopyTask | TopicTask | TextTask | MixedTask
+Task = CopyTask | PairCopyTask | TopicTask | TextTask | MixedTask
+# The length members copy both ways: one block looped (fast to learn) and blocks copied once (what
+# the length sweep's copy probe writes).
+_COPY = MixedTask((CopyTask(), PairCopyTask()))
 
 
 # The MoE pair sees natural text (the analyzers' main probe) and uniform ids (random probes), so

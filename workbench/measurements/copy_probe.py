@@ -1,0 +1,85 @@
+"""The length sweep's copy probe: blocks each written twice in a row, copied at a bounded distance.
+
+``A A B B C C ...``: every position in a second copy holds the id ``block_len`` positions back,
+so a model that copies from its context predicts it wherever it sits, always from the same short
+distance; no block appears more than twice. Heavy repetition of one block (``inputs.repeated``)
+throws real models out of distribution at some lengths (SmolLM2: 0.9 / 14.7 / 1.1 nats at 512 /
+2,048 / 4,096 tokens); copies of text stay low and steady (VALIDATION.md).
+
+Shape legend: B batch rows, T positions. Token tensors are int64 ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.errors import InputError
+from workbench.inputs import Tokenizer, natural_text_tokens, random_tokens
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+
+
+def copied_blocks(stream: torch.Tensor, block_len: int, length: int) -> torch.Tensor:
+    """Consecutive blocks of ``stream [B, n]``, each written twice in a row (``A A B B C C ...``),
+    cut to ``length``: shape ``[B, length]``; ``stream`` needs ``ceil(length / (2 * block_len))
+    * block_len`` ids at least.
+
+    The copy probe at a bounded distance: every position in a second copy holds the id
+    ``block_len`` positions back, so a model that copies from its context predicts it wherever
+    it sits, always from the same short distance. No block appears more than twice, so the
+    input never becomes the long loop of one block that throws real models out of
+    distribution. :func:`copy_targets` says which positions are predictable.
+    """
+    _check_positive(block_len=block_len, length=length)
+    n_pairs = -(-length // (2 * block_len))
+    batch, available = stream.shape
+    if available < n_pairs * block_len:
+        raise InputError(f"copied_blocks needs {n_pairs * block_len} ids per row, got {available}")
+    blocks = stream[:, : n_pairs * block_len].reshape(batch, n_pairs, 1, block_len)
+    return blocks.expand(batch, n_pairs, 2, block_len).reshape(batch, -1)[:, :length].contiguous()
+
+
+def copied_random_blocks(
+    vocab_size: int,
+    block_len: int,
+    length: int,
+    batch: int = 1,
+    seed: int = 0,
+    low: int | None = None,
+    high: int | None = None,
+) -> torch.Tensor:
+    """:func:`copied_blocks` of fresh random ids (drawn as in :func:`workbench.inputs.random_tokens`), shape
+    ``[batch, length]``. Random ids suit models trained on them; a real model copies text more
+    steadily than a stream of random vocabulary entries (:func:`copied_text_blocks`)."""
+    _check_positive(block_len=block_len, length=length, batch=batch)
+    n_ids = -(-length // (2 * block_len)) * block_len
+    return copied_blocks(random_tokens(vocab_size, n_ids, batch, seed, low, high), block_len, length)
+
+
+def copied_text_blocks(
+    tokenizer: Tokenizer | None,
+    block_len: int,
+    length: int,
+    batch: int = 1,
+    seed: int = 0,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """:func:`copied_blocks` of consecutive windows of the corpus (as :func:`workbench.inputs.natural_text_tokens`
+    reads it, from a seeded offset), shape ``[batch, length]``: each stretch of text is followed
+    by itself once, and the text moves on."""
+    _check_positive(block_len=block_len, length=length, batch=batch)
+    n_ids = -(-length // (2 * block_len)) * block_len
+    stream = natural_text_tokens(tokenizer, n_ids, batch, seed, vocab_size=vocab_size)
+    return copied_blocks(stream, block_len, length)
+
+
+def copy_targets(length: int, block_len: int) -> torch.Tensor:
+    """Which next-token targets of :func:`copied_random_blocks` are predictable: a bool
+    ``[length - 1]`` where entry ``t`` says whether token ``t + 1`` lies in a second copy."""
+    _check_positive(block_len=block_len, length=length)
+    position = torch.arange(1, length)
+    return (position % (2 * block_len)) >= block_len
