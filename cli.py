@@ -220,41 +220,55 @@ for _name in ANALYSIS_COMMANDS:
 def kv(
     model: Annotated[str, typer.Argument(help="Architecture profile name (llama-3.1-8b, see `workbench "
                                               "profiles`), checkpoint folder, config.json or .gguf.")],
-    device: Annotated[str | None, typer.Option(help="Device from the catalog: h100-sxm, a100-80gb, l4, ... (see "
-                                                    "`workbench devices`). Not a torch device such as cuda: "
-                                                    "nothing runs, memory is planned.")] = None,
-    context: Annotated[int | None, typer.Option(min=1, help="Tokens per sequence (default: the model's "
+    device: Annotated[str | None, typer.Option(help="A device [bold]catalog name[/]: h100-sxm, a100-80gb, l4, ... "
+                                                    "(see `workbench devices`); not a torch device such as cuda: "
+                                                    "nothing runs, memory is planned. Default: the profile's.")] = None,
+    engine: Annotated[str | None, typer.Option(help="Serving engine whose rules plan the cache: vllm (its "
+                                                    "defaults) or ideal (first principles). Default: vllm.")] = None,
+    context: Annotated[int | None, typer.Option(min=1, help="Tokens per request (default: the model's "
                                                             "max_positions).")] = None,
-    batch: Annotated[int | None, typer.Option(min=1, help="Concurrent sequences.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Concurrent requests.")] = None,
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor-parallel degree.")] = None,
-    kv_dtype: Annotated[str | None, typer.Option(help="KV cache dtype: fp32, fp16, bf16, fp8, int8, int4.")] = None,
-    utilization: Annotated[float | None, typer.Option(help="Usable fraction of device memory.")] = None,
-    block_size: Annotated[int | None, typer.Option(min=1, help="Paged-KV block size in tokens.")] = None,
-    weights_dtype: Annotated[str | None, typer.Option(help="Override the weights' storage type.")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(help="KV cache dtype: auto (the model's), fp32, fp16, bf16, fp8; "
+                                                      "the ideal engine also int8, int4, q8_0, q4_0.")] = None,
+    utilization: Annotated[float | None, typer.Option(help="Fraction of the memory CUDA reports the engine may "
+                                                           "use (default: the engine's, vLLM 0.9).")] = None,
+    block_size: Annotated[int | None, typer.Option(min=1, help="Paged-KV block size in tokens (default: the "
+                                                               "engine's, vLLM 16).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per scheduler step (vLLM's "
+                                                               "default: 8192 on 70+ GiB devices but A100s, else 2048).")] = None,
+    weights_dtype: Annotated[str | None, typer.Option(help="Override the weights' storage type (bf16, fp8, int4, "
+                                                           "q4_k, ...); fp8 keeps embeddings and LM head in bf16.")] = None,
+    allow_long_context: Annotated[bool, typer.Option("--allow-long-context", help="Plan a context past the "
+                                                     "model's max_positions (refused otherwise).")] = False,
     profile: ProfileOpt = "default",
     json_path: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Plan KV-cache memory without loading weights: does (batch, context) fit on a device?"""
+    """Plan KV-cache memory without loading weights: how many requests of how many tokens fit on a device,
+    as the serving engine (vLLM by default) would allot it."""
     try:
         from workbench.pipeline.kv import kv_report
         from workbench.pipeline.preflight import check_catalog_device
 
-        if device is not None:
+        if device is not None and device.strip():
             check_catalog_device(device)
         result = kv_report(model, device=device, context=context, batch=batch, tp=tp, kv_dtype=kv_dtype,
                            utilization=utilization, block_size=block_size, weights_dtype=weights_dtype,
-                           profile=profile)
+                           engine=engine, max_num_batched_tokens=max_num_batched_tokens,
+                           allow_long_context=allow_long_context, profile=profile)
+        document = json.dumps(result["plan"], indent=2, sort_keys=True, allow_nan=False) + "\n"
     except WorkbenchError as error:
         raise _fail_input(str(error)) from None
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result["plan"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        json_path.write_text(document, encoding="utf-8")
+    plan = result["plan"]
     if quiet:
-        out.print(f"{'fits' if result['plan']['fits'] else 'does not fit'} risk={result['plan']['risk']}")
+        out.print(f"{'fits' if plan['fits'] else 'does not fit'} risk={plan['risk']} engine={plan['engine']}")
     else:
         _render_kv(result)
-    raise typer.Exit(0 if result["plan"]["fits"] else 1)
+    raise typer.Exit(0 if plan["fits"] else 1)
 
 
 def _gib(value: float | None) -> str:
@@ -269,19 +283,29 @@ def _render_kv(result: dict[str, Any]) -> None:
     from workbench.report.text import printable
 
     plan = result["plan"]
-    table = Table(title=Text(printable(f"{result['model']} ({result['attention']}) on {result['device']}")),
-                  show_header=False)
+    title = f"{result['model']} ({result['attention']}) on {result['device']}, as {plan['engine_title']} would serve it"
+    table = Table(title=Text(printable(title)), show_header=False)
+    basis = {"cuda": "as CUDA reports it", "nominal": "nominal: CUDA's figure not in the catalog",
+             "host": "this host's RAM", "given": "as given"}[plan["memory_basis"]]
+    limit = plan["max_context"]
+    largest = "unbounded (windows)" if limit is None else f"{limit:,} ({plan['max_context_reason']})"
     rows = [
-        ("KV bytes per token", f"{plan['kv_bytes_per_token']:,}"),
-        ("KV cache", _gib(plan["kv_bytes"])),
-        ("weights", _gib(plan["weights_bytes"])),
-        ("activations + logits", _gib(plan.get("activation_bytes", 0) + plan.get("logits_bytes", 0))),
-        ("total per device", _gib(plan["total_bytes"])),
-        ("usable device memory", _gib(plan["device_bytes"])),
+        ("engine", f"{plan['engine']}: blocks of {plan['block_size']}, {plan['max_num_batched_tokens']:,} "
+                   f"batched tokens, up to {plan['max_num_seqs']:,} requests"),
+        ("device memory", f"{_gib(plan['device_memory_bytes'])} ({basis})"),
+        (f"budget ({plan['utilization']:.2f})", _gib(plan["device_bytes"])),
+        (f"weights ({plan['weights_dtype']})", _gib(plan["weights_bytes"])),
+        ("activation peak", _gib(plan["activation_bytes"])),
+        ("outside torch", _gib(plan["non_torch_bytes"])),
+        ("left for the KV cache", _gib(plan["kv_budget_bytes"])),
+        (f"KV bytes per token ({plan['kv_dtype']})", f"{plan['kv_bytes_per_token']:,}"),
+        (f"KV per request of {plan['context']:,} tokens", _gib(plan["kv_bytes_per_request"])),
+        (f"KV for {plan['batch']:,} request(s)", _gib(plan["kv_bytes"])),
+        (f"maximum concurrency at {plan['context']:,} tokens", f"{plan['max_concurrency']:.2f}x"),
         ("fits", "yes" if plan["fits"] else "[bold red]no[/]"),
         ("risk", plan["risk"]),
-        ("largest context at this batch", "unbounded" if plan["max_context"] is None else f"{plan['max_context']:,}"),
-        ("largest batch at this context", f"{plan['max_batch']:,}"),
+        (f"largest context at batch {plan['batch']:,}", largest),
+        (f"largest batch at {plan['context']:,} tokens", f"{plan['max_batch']:,}"),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -361,21 +385,26 @@ def zoo_list() -> None:
 
 @app.command()
 def devices() -> None:
-    """List the device catalog used by `workbench kv` and the KV analyzer."""
+    """List the device catalog used by `workbench kv` and the KV analyzer (`--device` takes these names)."""
     from rich.table import Table
 
     from workbench.settings import get_device, list_devices
 
-    table = Table("device", "memory", "bandwidth", "peak bf16", "source", title="Device catalog")
+    table = Table("device", "nominal", "CUDA reports", "bandwidth", "peak 16-bit", title="Device catalog")
+    sources = []
     for name in list_devices():
         device = get_device(name)
-        data = device.to_dict()
-        bandwidth = data.get("bandwidth_bytes_per_second") or data.get("bandwidth")
-        peak = data.get("peak_bf16_flops") or data.get("bf16_flops")
+        bandwidth, peak = device.bandwidth_bytes_per_second, device.peak_16bit_flops_per_second
         table.add_row(name, f"{device.memory_bytes / 2**30:.0f} GiB",
+                      _gib(device.cuda_memory_bytes) if device.cuda_memory_bytes else "-",
                       f"{bandwidth / 1e12:.2f} TB/s" if bandwidth else "-",
-                      f"{peak / 1e12:.0f} TFLOP/s" if peak else "-", str(data.get("source", ""))[:60])
+                      f"{peak / 1e12:,.0f} TFLOP/s" if peak else "-")
+        cuda = f"; CUDA figure: {device.cuda_memory_source}" if device.cuda_memory_source else ""
+        sources.append(Text.assemble((name, "bold"), ": ", " ".join(device.source.split()) + cuda))
     out.print(table)
+    out.print("Sources ('-' under CUDA reports: not in the catalog; plans use the nominal size and say so):")
+    for line in sources:
+        out.print(line, highlight=False)
 
 
 @app.command()

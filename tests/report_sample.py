@@ -17,6 +17,7 @@ from typing import Any
 
 from workbench.analyzers import kv_memory
 from workbench.findings import Finding, Where, count_by_status, worst_status
+from workbench.memory.planner import plan as kv_plan
 from workbench.recorders.attention import STATS as ATTENTION_STATS
 from workbench.recorders.residual import STATS as RESIDUAL_STATS
 from workbench.report.schema import TIME_FIELDS
@@ -195,21 +196,23 @@ def _length(rng: random.Random, config: Any) -> dict[str, Any]:
 
 def _kv(config: Any, batch: int, context: int, deployment: str) -> tuple[dict[str, Any], list[Finding]]:
     devices = [get_device(name) for name in KV_DEVICES]
-    contexts = [2**k for k in range(10, 18)]
+    contexts = [2**k for k in range(10, 18) if 2**k <= config.max_positions]
     rows = []
     for device in devices:
         curve = []
         for ctx in contexts:
-            p = kv_memory.plan(config, device, batch=batch, context=ctx)
+            p = kv_plan(config, device, batch=batch, context=ctx)
             curve.append({"context": ctx, "total_bytes": p.total_bytes, "kv_bytes": p.kv_bytes,
                           "weights_bytes": p.weights_bytes})  # fmt: skip
-        head = kv_memory.plan(config, device, batch=batch, context=context)
+        head = kv_plan(config, device, batch=batch, context=context)
         rows.append({"name": device.name, "usable_bytes": head.device_bytes, "memory_bytes": head.device_memory_bytes,
-                     "curve": curve, "max_context": head.max_context})  # fmt: skip
+                     "curve": curve, "max_context": head.max_context,
+                     "max_context_reason": head.max_context_reason})  # fmt: skip
     target = get_device(deployment)
-    plan = kv_memory.plan(config, target, batch=batch, context=context)
+    plan = kv_plan(config, target, batch=batch, context=context)
     findings = kv_memory.analyze(config, target, batch, context)
-    return {"batch": batch, "kv_dtype": plan.kv_dtype, "plan": plan.to_dict(), "devices": rows}, findings
+    document = {**plan.to_dict(), "risk": kv_memory.risk_level(plan.fraction_used)}
+    return {"batch": batch, "kv_dtype": plan.kv_dtype, "plan": document, "devices": rows}, findings
 
 
 def _timing(rng: random.Random, config: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Tests of workbench.analyzers.kv_memory: exact KV/weight byte counts on published shapes,
-tight max_context/max_batch, tensor parallelism, findings, and Hypothesis properties of the
-KV formula (linear in tokens, monotone in every size, capped by a sliding window)."""
+"""First principles of the KV planner (workbench.memory) and the kv_memory analyzer: exact
+KV/weight byte counts on published shapes, tight max_context/max_batch, tensor parallelism,
+findings, and Hypothesis properties of the KV formula (linear in tokens, monotone in every size,
+capped by a sliding window). The engine-independent physics is the ``ideal`` engine."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.analyzers import kv_memory as kv
+from workbench.analyzers import kv_memory as judge
 from workbench.config import DecoderConfig
+from workbench.errors import PlanError
+from workbench.memory import dtypes, params
+from workbench.memory import planner as kv
 from workbench.settings import get_architecture, get_device, load_profile
 
 GIB = 2**30
@@ -106,13 +110,13 @@ def test_per_layer_windows_cap_only_those_layers():
 def test_count_params_matches_the_published_count(name):
     config = get_architecture(name)
     assert config.n_params is not None
-    assert kv.count_params(config) == config.n_params
+    assert params.count_params(config) == config.n_params
 
 
 def test_count_params_gemma_2_misses_only_its_sandwich_norms():
     for name in ("gemma-2-9b", "gemma-2-27b"):
         gemma = get_architecture(name)
-        assert kv.count_params(gemma) + 2 * gemma.d_model * gemma.n_layers == gemma.n_params
+        assert params.count_params(gemma) + 2 * gemma.d_model * gemma.n_layers == gemma.n_params
 
 
 def test_count_params_gpt2_small_with_biases_learned_positions_and_layernorm():
@@ -121,7 +125,7 @@ def test_count_params_gpt2_small_with_biases_learned_positions_and_layernorm():
         max_positions=1024, positions="learned", norm="layernorm", activation="gelu_tanh",
         gated_mlp=False, qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
     )  # fmt: skip
-    assert kv.count_params(gpt2) == 124_439_808
+    assert params.count_params(gpt2) == 124_439_808
 
 
 @pytest.mark.parametrize(
@@ -131,35 +135,38 @@ def test_count_params_gpt2_small_with_biases_learned_positions_and_layernorm():
      ("Q3_K", 3.4375), ("Q4_K", 4.5), ("Q5_K", 5.5), ("Q6_K", 6.5625)],
 )  # fmt: skip
 def test_storage_types_have_the_published_bits_per_weight(dtype, bits):
-    assert kv.storage_bytes(256 * 1000, dtype) * 8 == bits * 256 * 1000
+    assert dtypes.storage_bytes(256 * 1000, dtype) * 8 == bits * 256 * 1000
 
 
 def test_weights_bytes_llama_8b(llama8b):
-    assert kv.weights_bytes(llama8b) == 2 * 8_030_261_248
-    assert kv.weights_bytes(llama8b, "Q4_0") == 8_030_261_248 // 32 * 18
-    assert kv.weights_bytes(llama8b.replace(weights_quant="Q4_0")) == 8_030_261_248 // 32 * 18
-    assert kv.weights_bytes(llama8b, tp=2) == 8_030_261_248
-    with pytest.raises(kv.PlanError, match="'q4_k'"):
-        kv.weights_bytes(llama8b, "q4k")
+    assert params.weights_bytes(llama8b) == 2 * 8_030_261_248
+    assert params.weights_bytes(llama8b, "Q4_0") == 8_030_261_248 // 32 * 18
+    assert params.weights_bytes(llama8b.replace(weights_quant="Q4_0")) == 8_030_261_248 // 32 * 18
+    assert params.weights_bytes(llama8b, tp=2) == 8_030_261_248
+    with pytest.raises(PlanError, match="'q4_k'"):
+        params.weights_bytes(llama8b, "q4k")
 
 
 # --- plans: fit, limits, tensor parallelism -----------------------------------------------
 
 
-def test_plan_llama_8b_batch_4_full_context_on_h100(llama8b, h100):
-    result = kv.plan(llama8b, h100, batch=4, context=131_072)
-    assert result.kv_bytes == 64 * GIB
+def test_plan_llama_8b_batch_5_full_context_on_h100_ideal(llama8b, h100):
+    result = kv.plan(llama8b, h100, batch=5, context=131_072, engine="ideal")
+    assert result.engine == "ideal" and result.block_size == 1 and result.utilization == 1.0
+    assert result.kv_bytes == 80 * GIB  # 5 x 128 KiB x 131,072
     assert result.weights_bytes == 2 * 8_030_261_248
-    assert result.device_bytes == int(80 * GIB * 0.9)
+    assert result.memory_basis == "cuda" and result.device_memory_bytes == h100.cuda_memory_bytes
+    assert result.device_bytes == h100.cuda_memory_bytes  # utilization 1.0 of what CUDA reports
     assert result.total_bytes == (
-        result.weights_bytes + result.kv_bytes + result.activation_bytes + result.logits_bytes
+        result.weights_bytes + result.kv_bytes + result.activation_bytes + result.non_torch_bytes
     )
-    assert not result.fits and result.risk == "oom"
-    assert result.model_max_positions == 131_072
-    assert 0 < result.max_context < 131_072 and 0 < result.max_batch < 4
-    data = json.loads(json.dumps(result.to_dict()))
+    assert not result.fits and result.model_max_positions == 131_072
+    # 79.18 GiB - 14.96 GiB of weights leaves 64.2 GiB: four full-context requests, not five
+    assert 0 < result.max_context < 131_072 and result.max_batch == 4
+    assert result.max_context_reason == "memory"
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     for key in ("kv_bytes_per_token", "kv_bytes", "weights_bytes", "device_bytes", "fits",
-                "max_context", "max_batch", "risk"):  # fmt: skip
+                "max_context", "max_batch", "engine", "max_concurrency"):  # fmt: skip
         assert key in data
 
 
@@ -168,60 +175,68 @@ def test_plan_llama_8b_batch_4_full_context_on_h100(llama8b, h100):
     [("llama-3.1-8b", "h100-sxm", 4, 131_072, {}),
      ("llama-3.1-8b", "l4", 1, 8192, {"kv_dtype": "fp8"}),
      ("llama-3.1-70b", "h100-sxm", 8, 32_768, {"tp": 4}),
-     ("qwen-2.5-72b", "mi300x", 2, 32_768, {"block_size": 1, "prefill_chunk": None}),
-     ("mixtral-8x7b", "a100-80gb", 3, 16_384, {"tp": 2, "utilization": 0.8})],
+     ("qwen-2.5-72b", "mi300x", 2, 32_768, {"block_size": 1, "engine": "ideal"}),
+     ("mixtral-8x7b", "a100-80gb", 3, 16_384, {"tp": 2, "utilization": 0.8}),
+     ("gemma-2-9b", "a100-40gb", 2, 8192, {"kv_dtype": "fp8"})],
 )  # fmt: skip
 def test_max_context_and_max_batch_are_the_largest_that_fit(name, device, batch, context, options):
     config, target = get_architecture(name), get_device(device)
     result = kv.plan(config, target, batch=batch, context=context, **options)
     assert result.max_context is not None and result.max_context >= 1
     assert kv.plan(config, target, batch=batch, context=result.max_context, **options).fits
-    assert not kv.plan(config, target, batch=batch, context=result.max_context + 1, **options).fits
+    if result.max_context < config.max_positions:
+        assert result.max_context_reason == "memory"
+        assert not kv.plan(config, target, batch=batch, context=result.max_context + 1, **options).fits
+    else:
+        assert result.max_context_reason == "model limit"
     assert result.max_batch >= 1
     assert kv.plan(config, target, batch=result.max_batch, context=context, **options).fits
     assert not kv.plan(config, target, batch=result.max_batch + 1, context=context, **options).fits
 
 
 def test_max_context_is_a_whole_number_of_blocks_when_kv_dominates(llama8b, h100):
-    result = kv.plan(llama8b, h100, batch=4, context=131_072, block_size=16)
-    assert result.max_context % 16 == 0
-    beyond = kv.plan(llama8b, h100, batch=4, context=result.max_context + 16)
-    assert not beyond.fits
+    result = kv.plan(llama8b, h100, batch=4, context=131_072)
+    assert result.block_size == 16 and result.max_context % 16 == 0
+    assert not kv.plan(llama8b, h100, batch=4, context=result.max_context + 1).fits
 
 
-def test_sliding_window_everywhere_leaves_context_unbounded_by_memory(h100):
+def test_sliding_window_everywhere_leaves_context_unbounded_past_the_limit(h100):
     mistral = get_architecture("mistral-7b")
-    result = kv.plan(mistral, h100, batch=1, context=32_768)
-    assert result.fits and result.max_context is None
+    result = kv.plan(mistral, h100, batch=1, context=32_768, engine="ideal")
+    assert result.fits and result.max_context == 32_768 and result.max_context_reason == "model limit"
     assert result.kv_bytes == 4096 * 131_072
+    beyond = kv.plan(mistral, h100, batch=1, context=65_536, engine="ideal", allow_long_context=True)
+    assert beyond.max_context is None and beyond.max_context_reason == "windows"
+    assert beyond.beyond_model_limit
 
 
 def test_weights_that_do_not_fit_leave_no_context_or_batch(h100):
     result = kv.plan(get_architecture("llama-3.1-405b"), h100, batch=1, context=1024)
     assert not result.fits and result.max_context == 0 and result.max_batch == 0
+    assert result.kv_budget_bytes < 0 and result.max_concurrency == 0.0
 
 
 def test_tensor_parallel_splits_weights_and_kv_heads_and_replicates_beyond(llama8b):
     assert kv.kv_bytes_per_token(llama8b, tp=2) == 131_072 // 2
     assert kv.kv_bytes_per_token(llama8b, tp=8) == 131_072 // 8  # one kv head per device
     assert kv.kv_bytes_per_token(llama8b, tp=16) == 131_072 // 8  # 8 kv heads, 16 devices
-    one, two = (kv.plan(llama8b, 80 * GIB, batch=1, context=8192, tp=t) for t in (1, 2))
+    one, two = (kv.plan(llama8b, 80 * GIB, batch=1, context=8192, tp=t, engine="ideal") for t in (1, 2))
     assert two.weights_bytes * 2 == one.weights_bytes and two.kv_bytes * 2 == one.kv_bytes
-    with pytest.raises(kv.PlanError, match="divide n_heads"):
+    with pytest.raises(PlanError, match="divide n_heads"):
         kv.plan(llama8b, 80 * GIB, batch=1, context=8192, tp=3)
 
 
 def test_risk_levels_follow_the_thresholds():
-    assert [kv.risk_level(f) for f in (0.0, 0.6999, 0.70, 0.8999, 0.90, 1.0, 1.0001)] == [
+    assert [judge.risk_level(f) for f in (0.0, 0.6999, 0.70, 0.8999, 0.90, 1.0, 1.0001)] == [
         "low", "low", "medium", "medium", "high", "high", "oom",
     ]  # fmt: skip
-    assert kv.risk_level(0.75, {"medium_fraction": 0.8}) == "low"
-    with pytest.raises(kv.PlanError, match="hihg_fraction"):
-        kv.risk_level(0.5, {"hihg_fraction": 0.8})
+    assert judge.risk_level(0.75, {"medium_fraction": 0.8}) == "low"
+    with pytest.raises(PlanError, match="hihg_fraction"):
+        judge.risk_level(0.5, {"hihg_fraction": 0.8})
 
 
 def test_default_profile_holds_the_same_kv_thresholds():
-    assert load_profile().thresholds["kv_memory"] == kv.DEFAULT_THRESHOLDS
+    assert load_profile().thresholds["kv_memory"] == judge.DEFAULT_THRESHOLDS
 
 
 # --- findings -----------------------------------------------------------------------------
@@ -232,19 +247,26 @@ def by_check(findings):
 
 
 def test_analyze_fails_and_names_a_concrete_fix(llama8b, h100):
-    findings = by_check(kv.analyze(llama8b, h100, 4, 131_072))
+    findings = by_check(judge.analyze(llama8b, h100, 4, 131_072))
     assert all(f.analyzer == "kv_memory" for f in findings.values())
     fits = findings["fits"]
     limit = kv.plan(llama8b, h100, batch=4, context=131_072).max_context
     assert fits.status == "fail" and fits.value > 1.0 and fits.threshold == 1.0
+    assert "vLLM" in fits.message and "maximum concurrency for 131,072 tokens per request" in fits.message
     assert f"at batch 4 the largest context that fits is {limit:,} tokens" in fits.fix
     assert "fp8 KV cache" in fits.fix and "--tp 2" in fits.fix
     assert findings["max_context"].status == "info"
     assert findings["max_context"].value == limit
 
 
+def test_analyze_oversize_is_the_callers_status(llama8b, h100):
+    """diagnose passes the profile's oversize ("warn" by default); workbench kv keeps fail."""
+    findings = by_check(judge.analyze(llama8b, h100, 4, 131_072, oversize="warn"))
+    assert findings["fits"].status == "warn" and findings["fits"].fix
+
+
 def test_analyze_passes_a_small_model(h100):
-    findings = by_check(kv.analyze(get_architecture("smollm2-135m"), h100, 1, 8192))
+    findings = by_check(judge.analyze(get_architecture("smollm2-135m"), h100, 1, 8192))
     assert findings["fits"].status == "pass" and findings["fits"].fix is None
     assert findings["max_context"].status == "pass"
     assert findings["context_within_model"].status == "pass"
@@ -252,9 +274,10 @@ def test_analyze_passes_a_small_model(h100):
 
 def test_analyze_warns_at_high_risk_and_beyond_max_positions():
     config = tiny()
-    total = kv.plan(config, 10 * GIB, batch=1, context=8192, utilization=1.0).total_bytes
-    device = int(total / 0.95)  # 95% of usable: fits, but above high_fraction
-    findings = by_check(kv.analyze(config, device, 1, 8192, utilization=1.0))
+    options = {"utilization": 1.0, "engine": "ideal", "allow_long_context": True}
+    total = kv.plan(config, 10 * GIB, batch=1, context=8192, **options).total_bytes
+    device = int(total / 0.95)  # 95% of the budget: fits, but above high_fraction
+    findings = by_check(judge.analyze(config, device, 1, 8192, **options))
     assert findings["fits"].status == "warn" and findings["fits"].fix
     assert findings["fits"].value == pytest.approx(0.95, rel=1e-6)
     assert findings["context_within_model"].status == "warn"

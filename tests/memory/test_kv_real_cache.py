@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.analyzers.kv_memory import kv_bytes_per_token, kv_cache_bytes
 from workbench.config import DecoderConfig
+from workbench.memory.planner import kv_bytes_per_token, kv_cache_bytes
 from workbench.model.decoder import HookedDecoder
 from workbench.model.kv_cache import KVCache
 

@@ -133,7 +133,9 @@ def test_architecture_by_hugging_face_id_and_closest_name():
 def test_default_and_ci_profiles():
     assert {"default", "ci"} <= set(list_profiles())
     default, ci = load_profile(), load_profile("ci")
-    assert default.deployment.utilization == 0.9 and default.deployment.block_size == 16
+    # "auto": the engine's own defaults (vLLM: 0.9 and 16-token blocks)
+    assert default.deployment.utilization is None and default.deployment.block_size is None
+    assert default.deployment.engine == "vllm" and default.deployment.oversize == "warn"
     assert default.deployment.context is None  # "max": the model's max_positions
     assert get_device(default.deployment.device).name == default.deployment.device
     assert max(ci.probes["lengths"]) < max(default.probes["lengths"])

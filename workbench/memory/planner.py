@@ -1,70 +1,51 @@
-"""KV-cache memory planning: does this model, at this batch and context, fit on this device?
+"""KV-cache memory planning: how many requests of how many tokens fit, as an engine would serve.
 
-Pure arithmetic over a :class:`~workbench.config.DecoderConfig` and a device's memory size: no
-weights, no I/O. ``plan`` answers one deployment shape with a :class:`KVPlan` (what
-``workbench kv`` prints and writes as JSON); ``analyze`` turns the plan into findings.
+Pure arithmetic over a :class:`~workbench.config.DecoderConfig`, a device and an engine table
+(:mod:`workbench.memory.engines`): no weights, no I/O. ``plan`` answers one deployment shape
+with a :class:`KVPlan` (what ``workbench kv`` prints and writes as JSON, what ``diagnose``'s kv
+section and the report's KV chart show); :mod:`workbench.analyzers.kv_memory` judges it.
 
-Memory model, per device, in bytes (all integers)::
+Memory model, per device, in bytes::
 
-    total = weights + kv_cache + activations + logits        fits when total <= usable
-    usable = device memory x utilization                      (vLLM's gpu_memory_utilization)
+    budget    = utilization x device memory (the memory CUDA reports when the catalog has it)
+    kv budget = budget - weights - activation peak - memory outside torch
+    fits      = batch x (KV one request reserves) <= kv budget, in whole blocks
 
-- weights: n_params x the storage type's bytes per element (GGUF block types include their
-  scales: Q4_0 is 18 bytes per 32 weights = 4.5 bits), divided over ``tp`` devices. n_params is
-  the config's when given, else counted from the shape (:func:`count_params`). int8/int4 count
-  the weights alone; GPTQ/AWQ group scales add roughly 0.1-0.3 bits that are not counted.
-- kv_cache: per layer and token, K and V for ``kv_heads`` heads: ``2 x kv_heads x d_head`` values
-  (MHA, GQA, MQA alike), or for MLA one latent of ``mla_kv_rank + mla_rope_dim`` values (no
-  factor 2). A layer with a sliding window keeps ``min(context, window)`` tokens. Tokens are
-  rounded up to whole paged blocks (``block_size``) per sequence. Under tensor parallelism each
-  device holds ``ceil(kv_heads / tp)`` heads, so a head is replicated when ``kv_heads < tp``;
-  the MLA latent is shared by all heads and replicated on every device.
-- activations: prefill runs ``C = min(context, prefill_chunk)`` tokens per sequence at a time
-  (``prefill_chunk=None``: the whole context at once); one layer's live tensors per token are
-  the residual and its normed copy (replicated under tp), q, k, v and the attention output, and
-  the MLP's gate, up and product (``d_mlp x top_k + d_shared_expert`` wide for MoE), at the
-  compute dtype (the model's float dtype; 2 bytes for quantised weights).
-- logits: ``batch x C x vocab x 4`` bytes (fp32, every position, as the workbench's probes
-  compute them; servers that keep only the last position need less), vocab split over ``tp``.
+- weights: :func:`workbench.memory.params.weights_bytes` (+ the rotary table where the engine
+  keeps one), divided over ``tp`` devices.
+- KV per token and layer: K and V for ``kv_heads`` heads, ``2 x kv_heads x d_head`` values (MHA,
+  GQA, MQA alike), or for MLA one latent of ``mla_kv_rank + mla_rope_dim`` values. Under tensor
+  parallelism each device holds ``ceil(kv_heads / tp)`` heads (a head is replicated when
+  ``kv_heads < tp``); the MLA latent is replicated on every device.
+- KV per request: a full-attention layer reserves the context, a sliding-window layer what the
+  engine's window rule says (``window``: the window; vLLM: ``window - 1 +
+  max_num_batched_tokens`` and one extra block), in whole blocks of ``block_size`` tokens.
+- activation peak and memory outside torch: the engine's models (see engines.py).
 
-Not modelled: attention score matrices (fused attention keeps none), the runtime's own context,
-allocator fragmentation (what ``utilization`` and the risk thresholds absorb), training state.
+``max_context`` is capped at the model's ``max_positions`` (the reason is in
+``max_context_reason``); a context past it is refused unless ``allow_long_context``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from workbench.config import DecoderConfig
 from workbench.errors import PlanError
-from workbench.findings import Finding, Status
+from workbench.memory.dtypes import compute_dtype, storage_bytes, storage_type
+from workbench.memory.engines import (
+    Engine,
+    activation_bytes,
+    check_engine_rules,
+    get_engine,
+    rope_cache_bytes,
+)
+from workbench.memory.params import check_tp, n_params, weights_bytes
+from workbench.memory.params import weights_dtype as resolve_weights_dtype
 
-Risk = Literal["low", "medium", "high", "oom"]
-ANALYZER = "kv_memory"
-GIB = 2**30
-
-# Threshold names and defaults; profiles/default.toml holds the same values with their sources.
-DEFAULT_THRESHOLDS: dict[str, float] = {"medium_fraction": 0.70, "high_fraction": 0.90}
-
-# Storage types as (bytes per block, elements per block). GGUF blocks: ggml-common.h layouts.
-STORAGE_TYPES: dict[str, tuple[int, int]] = {
-    "fp32": (4, 1), "fp16": (2, 1), "bf16": (2, 1), "fp8": (1, 1), "int8": (1, 1),
-    "int4": (1, 2),
-    "q4_0": (18, 32), "q4_1": (20, 32), "q5_0": (22, 32), "q5_1": (24, 32), "q8_0": (34, 32),
-    "q2_k": (84, 256), "q3_k": (110, 256), "q4_k": (144, 256), "q5_k": (176, 256),
-    "q6_k": (210, 256),
-}  # fmt: skip
-KV_TYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int4", "q8_0", "q4_0")  # q*: llama.cpp -ctk
-_ALIASES = {
-    "float32": "fp32", "float": "fp32", "f32": "fp32", "float16": "fp16", "half": "fp16",
-    "f16": "fp16", "bfloat16": "bf16", "float8": "fp8", "float8_e4m3fn": "fp8",
-    "float8_e5m2": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8",
-}  # fmt: skip
-
+_SEARCH_LIMIT = 2**40  # beyond this many tokens or sequences, memory does not bind
 
 
 class DeviceLike(Protocol):
@@ -74,58 +55,27 @@ class DeviceLike(Protocol):
     memory_bytes: int
 
 
-def storage_type(name: str, *, kv: bool = False) -> str:
-    """Canonical storage-type name (``"bfloat16"`` -> ``"bf16"``, ``"Q4_K"`` -> ``"q4_k"``)."""
-    key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    allowed = KV_TYPES if kv else tuple(STORAGE_TYPES)
-    if key not in allowed:
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        kind = "KV-cache dtype" if kv else "weights dtype"
-        raise PlanError(f"unknown {kind} {name!r}{hint} (known: {', '.join(allowed)})")
-    return key
-
-
-def storage_bytes(elements: int, dtype: str) -> int:
-    """Bytes to store ``elements`` values as ``dtype``, rounded up to whole blocks."""
-    block_bytes, block_elements = STORAGE_TYPES[storage_type(dtype)]
-    return -(-elements // block_elements) * block_bytes
-
-
-def compute_dtype(config: DecoderConfig) -> str:
-    """The float dtype activations (and by default the KV cache) use: the model's own, or fp16
-    under quantised weights (llama.cpp's default cache type)."""
-    try:
-        dtype = storage_type(config.dtype)
-    except PlanError:
-        return "fp16"
-    return dtype if dtype in ("fp32", "fp16", "bf16") and not config.weights_quant else "fp16"
-
-
 def window_layer_count(config: DecoderConfig) -> int:
-    """How many layers keep at most ``sliding_window`` tokens.
-
-    All layers when ``sliding_window`` is set, unless the config carries a per-layer
-    ``sliding_layers`` tuple (Gemma 2's alternation; read when DecoderConfig has it).
-    """
+    """How many layers keep at most ``sliding_window`` tokens (all, unless ``sliding_layers``)."""
     if config.sliding_window is None:
         return 0
-    layers = getattr(config, "sliding_layers", None)
+    layers = config.sliding_layers
     if layers is None:
         return config.n_layers
     return len({layer for layer in layers if 0 <= layer < config.n_layers})
 
 
-def _check_tp(config: DecoderConfig, tp: int) -> None:
-    if tp < 1 or config.n_heads % tp:
-        raise PlanError(f"tp must be >= 1 and divide n_heads ({config.n_heads}), got {tp}")
+def kv_dtype_for(config: DecoderConfig, kv_dtype: str | None) -> str:
+    """Canonical KV dtype; ``None`` or ``"auto"`` mean the model's compute dtype."""
+    if kv_dtype is not None and kv_dtype.strip().lower() == "auto":
+        return compute_dtype(config)
+    return storage_type(kv_dtype if kv_dtype is not None else compute_dtype(config), kv=True)
 
 
 def kv_bytes_per_token_per_layer(config: DecoderConfig, kv_dtype: str | None = None, *, tp: int = 1) -> int:
     """KV bytes one token adds to one layer's cache on one device."""
-    _check_tp(config, tp)
-    kv_dtype = storage_type(kv_dtype or compute_dtype(config), kv=True)
+    check_tp(config, tp)
+    kv_dtype = kv_dtype_for(config, kv_dtype)
     if config.mla_kv_rank is not None:  # one latent + one shared RoPE key, replicated under tp
         elements = config.mla_kv_rank + (config.mla_rope_dim or 0)
     else:
@@ -138,6 +88,36 @@ def kv_bytes_per_token(config: DecoderConfig, kv_dtype: str | None = None, *, tp
     return config.n_layers * kv_bytes_per_token_per_layer(config, kv_dtype, tp=tp)
 
 
+def _cdiv(value: int, divisor: int) -> int:
+    return -(-value // divisor)
+
+
+def request_kv_bytes(
+    config: DecoderConfig,
+    context: int,
+    *,
+    kv_dtype: str | None = None,
+    tp: int = 1,
+    block_size: int = 1,
+    window_rule: str = "window",
+    batched_tokens: int = 1,
+) -> int:
+    """KV bytes one request of ``context`` tokens reserves on one device (see the module doc)."""
+    if context < 0 or block_size < 1:
+        raise PlanError(f"negative context or block: {context=}, {block_size=}")
+    page = kv_bytes_per_token_per_layer(config, kv_dtype, tp=tp) * block_size
+    windowed = window_layer_count(config)
+    blocks = (config.n_layers - windowed) * _cdiv(context, block_size)
+    if windowed:
+        window = config.sliding_window or context
+        if window_rule == "window":
+            blocks += windowed * _cdiv(min(context, window), block_size)
+        else:  # vLLM: the window's tail plus one scheduled batch, and a block of slack
+            kept = min(window - 1 + batched_tokens, context)
+            blocks += windowed * (_cdiv(kept, block_size) + (1 if context else 0))
+    return page * blocks
+
+
 def kv_cache_bytes(
     config: DecoderConfig,
     context: int,
@@ -147,144 +127,53 @@ def kv_cache_bytes(
     tp: int = 1,
     block_size: int = 1,
 ) -> int:
-    """KV-cache bytes for ``batch`` sequences of ``context`` tokens, per device."""
-    if context < 0 or batch < 0 or block_size < 1:
-        raise PlanError(f"negative size or block: {context=}, {batch=}, {block_size=}")
-    per_layer = kv_bytes_per_token_per_layer(config, kv_dtype, tp=tp)
-    n_windowed = window_layer_count(config)
-    kept_full = _round_up(context, block_size)
-    kept_window = _round_up(min(context, config.sliding_window or context), block_size)
-    tokens = (config.n_layers - n_windowed) * kept_full + n_windowed * kept_window
-    return batch * per_layer * tokens
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _mlp_params(config: DecoderConfig, width: int) -> int:
-    gated = config.gated_mlp
-    params = (3 if gated else 2) * config.d_model * width
-    return params + ((2 if gated else 1) * width + config.d_model if config.mlp_bias else 0)
-
-
-def _attention_params(config: DecoderConfig) -> int:
-    d, heads, kv, d_head = config.d_model, config.n_heads, config.kv_heads, config.d_head
-    if config.mla_kv_rank is not None:  # approximate: full-rank queries, no q_lora
-        rank, rope = config.mla_kv_rank, config.mla_rope_dim or 0
-        queries, outputs = d * heads * (d_head + rope), heads * d_head * d
-        return queries + d * (rank + rope) + rank + rank * heads * 2 * d_head + outputs
-    params = d * (heads + 2 * kv) * d_head + heads * d_head * d
-    params += (heads + 2 * kv) * d_head if config.qkv_bias else 0
-    return params + (d if config.attn_out_bias else 0)
-
-
-def count_params(config: DecoderConfig) -> int:
-    """Parameters implied by the shape: embeddings (tied or not, learned positions), attention
-    (GQA-aware, biases, approximate for MLA), dense or gated MLPs, experts with their router and
-    shared expert, and two norms per layer plus the final norm (LayerNorm counts its bias)."""
-    d = config.d_model
-    norm = d * (2 if config.norm == "layernorm" else 1)
-    total = config.vocab_size * d * (1 if config.tie_embeddings else 2)
-    total += config.max_positions * d if config.positions == "learned" else 0
-    total += norm * (2 if config.embed_norm else 1)
-    moe = config.n_experts * (_mlp_params(config, config.d_mlp) + d)  # experts and router rows
-    if config.d_shared_expert:
-        moe += _mlp_params(config, config.d_shared_expert) + d  # shared expert and its gate
-    for layer in range(config.n_layers):
-        mlp = moe if config.is_moe_layer(layer) else _mlp_params(config, config.d_mlp)
-        total += _attention_params(config) + mlp + 2 * norm
-    return total
-
-
-def n_params(config: DecoderConfig) -> int:
-    """The config's ``n_params`` when known, else :func:`count_params`."""
-    return config.n_params if config.n_params is not None else count_params(config)
-
-
-def weights_bytes(config: DecoderConfig, dtype: str | None = None, *, tp: int = 1) -> int:
-    """Bytes of the weights per device; ``dtype`` defaults to the config's quant or dtype."""
-    _check_tp(config, tp)
-    dtype = dtype or config.weights_quant or config.dtype
-    return -(-storage_bytes(n_params(config), dtype) // tp)
-
-
-def _prefill_tokens(context: int, prefill_chunk: int | None) -> int:
-    return context if prefill_chunk is None else min(context, prefill_chunk)
-
-
-def activation_bytes(
-    config: DecoderConfig, *, batch: int, context: int, prefill_chunk: int | None, tp: int = 1
-) -> int:
-    """Peak per-layer prefill workspace per device (see the module docstring); logits excluded."""
-    _check_tp(config, tp)
-    heads, kv = config.n_heads // tp, -(-config.kv_heads // tp)
-    width = config.d_mlp
-    if config.n_experts:
-        width = max(width, config.d_mlp * config.top_k + config.d_shared_expert)
-    per_token = 2 * config.d_model + (2 * heads + 2 * kv) * config.d_head
-    per_token += (3 if config.gated_mlp else 2) * -(-width // tp)
-    element_bytes = storage_bytes(1, compute_dtype(config))
-    return batch * _prefill_tokens(context, prefill_chunk) * per_token * element_bytes
-
-
-def logits_bytes(
-    config: DecoderConfig, *, batch: int, context: int, prefill_chunk: int | None, tp: int = 1
-) -> int:
-    """fp32 logits of every prefilled position per device (vocab-parallel head under tp)."""
-    return batch * _prefill_tokens(context, prefill_chunk) * -(-config.vocab_size // tp) * 4
-
-
-def risk_level(fraction: float, thresholds: Mapping[str, float] | None = None) -> Risk:
-    """low below ``medium_fraction`` of usable memory, medium below ``high_fraction``, high up
-    to 100%, oom beyond."""
-    limits = resolve_thresholds(thresholds)
-    if fraction > 1.0:
-        return "oom"
-    if fraction >= limits["high_fraction"]:
-        return "high"
-    return "medium" if fraction >= limits["medium_fraction"] else "low"
-
-
-def resolve_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, float]:
-    """Defaults overridden by ``thresholds``; an unknown name is an error naming it."""
-    unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
-    if unknown:
-        known = ", ".join(DEFAULT_THRESHOLDS)
-        raise PlanError(f"unknown kv_memory thresholds: {', '.join(unknown)} (known: {known})")
-    return {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in (thresholds or {}).items()}}
+    """First-principles KV bytes for ``batch`` sequences of ``context`` tokens, per device:
+    windows at their size, tokens rounded up to whole blocks."""
+    if batch < 0:
+        raise PlanError(f"negative batch: {batch=}")
+    return batch * request_kv_bytes(config, context, kv_dtype=kv_dtype, tp=tp, block_size=block_size)
 
 
 @dataclass(frozen=True)
 class KVPlan:
-    """Memory of one deployment shape on one device. Byte counts are per device."""
+    """Memory of one deployment shape on one device under one engine. Bytes are per device."""
 
+    engine: str
+    engine_title: str
     model: str
     device: str
+    memory_basis: str  # "cuda" (what CUDA reports), "nominal", "host" (RAM) or "given"
+    device_memory_bytes: int  # the memory the budget starts from
+    utilization: float
+    device_bytes: int  # the budget: utilization x device_memory_bytes
     batch: int
     context: int
     tp: int
     kv_dtype: str
     weights_dtype: str
-    utilization: float
     block_size: int
-    prefill_chunk: int | None
+    max_num_batched_tokens: int
+    max_num_seqs: int
     attention_kind: str
     n_params: int
     kv_bytes_per_token: int  # all layers, before sliding windows cap it
-    kv_bytes: int
+    kv_bytes_per_request: int  # what one request of `context` tokens reserves
+    kv_bytes: int  # batch x kv_bytes_per_request
     weights_bytes: int
     activation_bytes: int
-    logits_bytes: int
+    non_torch_bytes: int
+    kv_budget_bytes: int  # what is left for the KV cache (negative: not even the weights fit)
+    kv_blocks: int
+    kv_capacity_tokens: int  # kv_blocks x block_size
+    max_concurrency: float  # requests of `context` tokens the KV budget holds
     total_bytes: int
-    device_memory_bytes: int  # as the catalog states it
-    device_bytes: int  # usable: device memory x utilization
-    fraction_used: float  # total / usable
+    fraction_used: float  # total / budget
     fits: bool
-    risk: Risk
-    max_context: int | None  # largest context that fits at this batch; None: memory never binds
-    max_batch: int  # largest batch that fits at this context (0: not even one sequence)
+    max_context: int | None  # largest context at this batch; None: memory never binds
+    max_context_reason: str  # "model limit", "memory" or "windows"
+    max_batch: int  # largest batch at this context (0: not even one sequence)
     model_max_positions: int
+    beyond_model_limit: bool  # the context is past max_positions (allowed explicitly)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,56 +181,76 @@ class KVPlan:
 
 @dataclass(frozen=True)
 class _Shape:
-    """The deployment choices a plan holds fixed while batch and context vary."""
+    """The choices a plan holds fixed while batch and context vary."""
 
+    config: DecoderConfig
+    engine: Engine
     kv_dtype: str
-    weights_dtype: str
     tp: int
     block_size: int
-    prefill_chunk: int | None
+    batched_tokens: int
+    sampled_rows: int
+    budget: int
+    weights: int
+    non_torch: int
 
-    def parts(self, config: DecoderConfig, batch: int, context: int) -> tuple[int, int, int, int]:
-        """(weights, kv, activations, logits) bytes per device."""
-        kv = kv_cache_bytes(
-            config, context, batch=batch, kv_dtype=self.kv_dtype, tp=self.tp,
-            block_size=self.block_size,
+    def request(self, context: int) -> int:
+        return request_kv_bytes(
+            self.config, context, kv_dtype=self.kv_dtype, tp=self.tp, block_size=self.block_size,
+            window_rule=self.engine.window_rule, batched_tokens=self.batched_tokens,
         )  # fmt: skip
-        sizes = {"batch": batch, "context": context, "prefill_chunk": self.prefill_chunk}
-        return (
-            weights_bytes(config, self.weights_dtype, tp=self.tp),
-            kv,
-            activation_bytes(config, **sizes, tp=self.tp),
-            logits_bytes(config, **sizes, tp=self.tp),
-        )
 
-    def total(self, config: DecoderConfig, batch: int, context: int) -> int:
-        return sum(self.parts(config, batch, context))
+    def activation(self, batch: int, context: int) -> int:
+        return activation_bytes(
+            self.engine, self.config, tokens=self.batched_tokens, rows=self.sampled_rows,
+            batch=batch, context=context, tp=self.tp,
+        )  # fmt: skip
+
+    def block_bytes(self) -> int:
+        """One block across every layer."""
+        return kv_bytes_per_token(self.config, self.kv_dtype, tp=self.tp) * self.block_size
+
+    def kv_budget(self, batch: int, context: int) -> int:
+        return self.budget - self.weights - self.activation(batch, context) - self.non_torch
+
+    def fits(self, batch: int, context: int) -> bool:
+        budget = self.kv_budget(batch, context)
+        usable = max(0, budget) // self.block_bytes() * self.block_bytes()  # whole blocks
+        return budget >= 0 and batch * self.request(context) <= usable
 
 
-_CONTEXT_SEARCH_LIMIT = 2**40  # beyond this, memory does not bound the context
-
-
-def _max_context(config: DecoderConfig, shape: _Shape, batch: int, usable: int) -> int | None:
-    """Largest context with total <= usable at ``batch`` (total is non-decreasing in context)."""
-    if shape.total(config, batch, 1) > usable:
-        return 0
-    low, high = 1, 2
-    while shape.total(config, batch, high) <= usable:
-        if high >= _CONTEXT_SEARCH_LIMIT:
+def _largest(fits, low: int, cap: int | None) -> int | None:
+    """Largest n in [low, cap] with fits(n) (fits is monotone non-increasing); low - 1 if none;
+    None when cap is None and nothing below the search limit fails."""
+    if not fits(low):
+        return low - 1
+    if cap is not None and fits(cap):
+        return cap
+    high = low + 1
+    while cap is None or high < cap:
+        if not fits(high):
+            break
+        if high >= _SEARCH_LIMIT:
             return None
         low, high = high, high * 2
+    high = high if cap is None else min(high, cap)
     while high - low > 1:  # invariant: fits at low, not at high
         middle = (low + high) // 2
-        fits = shape.total(config, batch, middle) <= usable
-        low, high = (middle, high) if fits else (low, middle)
+        low, high = (middle, high) if fits(middle) else (low, middle)
     return low
 
 
-def _max_batch(config: DecoderConfig, shape: _Shape, context: int, usable: int) -> int:
-    """Largest batch with total <= usable: everything but the weights is linear in batch."""
-    weights = shape.parts(config, 0, context)[0]
-    per_sequence = shape.total(config, 1, context) - weights
-    return max(0, (usable - weights) // per_sequence)
+def _device_memory(device: DeviceLike | int) -> tuple[str, int, str]:
+    """(name, bytes, basis): the memory CUDA reports when known, else the nominal size."""
+    if isinstance(device, int):
+        if device <= 0:
+            raise PlanError(f"device memory must be positive, got {device}")
+        return "custom", device, "given"
+    cuda = getattr(device, "cuda_memory_bytes", None)
+    if cuda:
+        return device.name, int(cuda), "cuda"
+    basis = "host" if device.name == "cpu" else "nominal"
+    return device.name, int(device.memory_bytes), basis
 
 
 def plan(
@@ -350,156 +259,75 @@ def plan(
     *,
     batch: int,
     context: int,
+    engine: Engine | str = "vllm",
     kv_dtype: str | None = None,
     tp: int = 1,
-    utilization: float = 0.9,
-    block_size: int = 16,
-    prefill_chunk: int | None = 2048,
+    utilization: float | None = None,
+    block_size: int | None = None,
+    max_num_batched_tokens: int | None = None,
     weights_dtype: str | None = None,
-    thresholds: Mapping[str, Any] | None = None,
+    allow_long_context: bool = False,
 ) -> KVPlan:
-    """Plan ``batch`` sequences of ``context`` tokens on ``device`` (a catalog device, or its
-    memory in bytes), sharded over ``tp`` devices. See the module docstring for the model."""
+    """Plan ``batch`` requests of ``context`` tokens on ``device`` (a catalog device, or its
+    memory in bytes) under ``engine``, sharded over ``tp`` devices. Unset options take the
+    engine's defaults. See the module docstring for the model."""
+    engine = get_engine(engine) if isinstance(engine, str) else engine
     if batch < 1 or context < 1:
         raise PlanError(f"batch and context must be at least 1, got {batch=}, {context=}")
+    if context > config.max_positions and not allow_long_context:
+        raise PlanError(
+            f"context {context:,} is past the model's limit of {config.max_positions:,} positions "
+            "(the engine refuses to start); pass --allow-long-context to plan it anyway"
+        )
+    utilization = engine.gpu_memory_utilization if utilization is None else utilization
     if not 0.0 < utilization <= 1.0:
         raise PlanError(f"utilization must be in (0, 1], got {utilization}")
-    if prefill_chunk is not None and prefill_chunk < 1:
-        raise PlanError(f"prefill_chunk must be at least 1 (or None), got {prefill_chunk}")
-    _check_tp(config, tp)
+    block_size = engine.block_size if block_size is None else block_size
+    if block_size < 1:
+        raise PlanError(f"block_size must be at least 1, got {block_size}")
+    check_tp(config, tp)
+    kv_dtype = kv_dtype_for(config, kv_dtype)
+    check_engine_rules(engine, config, kv_dtype, tp)
+    name, memory, basis = _device_memory(device)
+    batched, seqs = engine.scheduler(name, memory)
+    if max_num_batched_tokens is not None:
+        if max_num_batched_tokens < 1:
+            raise PlanError(f"max_num_batched_tokens must be at least 1, got {max_num_batched_tokens}")
+        batched = max_num_batched_tokens
+    weights_type = resolve_weights_dtype(config, weights_dtype)
+    weights = weights_bytes(config, weights_type, tp=tp) + rope_cache_bytes(engine, config)
     shape = _Shape(
-        kv_dtype=storage_type(kv_dtype or compute_dtype(config), kv=True),
-        weights_dtype=storage_type(weights_dtype or config.weights_quant or config.dtype),
-        tp=tp,
-        block_size=block_size,
-        prefill_chunk=prefill_chunk,
-    )
-    if isinstance(device, int):
-        device_name, memory = "custom", device
-    else:
-        device_name, memory = device.name, int(device.memory_bytes)
-    usable = int(memory * utilization)
-    weights, kv, activations, logits = shape.parts(config, batch, context)
-    total = weights + kv + activations + logits
-    fraction = total / usable if usable else float("inf")
-    return KVPlan(
-        model=config.name, device=device_name, batch=batch, context=context, tp=tp,
-        kv_dtype=shape.kv_dtype, weights_dtype=shape.weights_dtype, utilization=utilization,
-        block_size=block_size, prefill_chunk=prefill_chunk,
-        attention_kind=config.attention_kind, n_params=n_params(config),
-        kv_bytes_per_token=kv_bytes_per_token(config, shape.kv_dtype, tp=tp), kv_bytes=kv,
-        weights_bytes=weights, activation_bytes=activations, logits_bytes=logits,
-        total_bytes=total, device_memory_bytes=memory, device_bytes=usable,
-        fraction_used=fraction, fits=total <= usable, risk=risk_level(fraction, thresholds),
-        max_context=_max_context(config, shape, batch, usable),
-        max_batch=_max_batch(config, shape, context, usable),
-        model_max_positions=config.max_positions,
+        config=config, engine=engine, kv_dtype=kv_dtype, tp=tp, block_size=block_size,
+        batched_tokens=batched, sampled_rows=min(seqs, batched), budget=int(memory * utilization),
+        weights=weights, non_torch=engine.non_torch_bytes,
     )  # fmt: skip
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / GIB:,.1f} GiB"
-
-
-def _fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, options: dict) -> str:
-    """Concrete alternatives, each computed by re-planning with one option changed."""
-    fixes: list[str] = []
-    if result.weights_bytes > result.device_bytes:
-        need = f"{_gib(result.weights_bytes)} of {_gib(result.device_bytes)} usable"
-        fixes.append(f"the weights alone need {need}")
-        for dtype, label in (("fp8", "8-bit (fp8/int8)"), ("int4", "int4")):
-            if storage_bytes(256, dtype) < storage_bytes(256, result.weights_dtype):
-                size = weights_bytes(config, dtype, tp=result.tp)
-                fixes.append(f"{label} weights take {_gib(size)} per device")
+    per_request = shape.request(context)
+    activation = shape.activation(batch, context)
+    kv_budget = shape.kv_budget(batch, context)
+    blocks = max(0, kv_budget) // shape.block_bytes()
+    concurrency = blocks * shape.block_bytes() / per_request
+    total = weights + activation + shape.non_torch + batch * per_request
+    cap = None if allow_long_context else config.max_positions
+    max_context = _largest(lambda n: shape.fits(batch, n), 1, cap)
+    if max_context is None:
+        reason = "windows"
+    elif cap is not None and max_context >= cap:
+        reason = "model limit"
     else:
-        if result.max_context:
-            largest = f"{result.max_context:,} tokens"
-            fixes.append(f"at batch {result.batch} the largest context that fits is {largest}")
-        if result.max_batch:
-            largest = f"{result.max_batch:,}"
-            fixes.append(f"at context {result.context:,} the largest batch that fits is {largest}")
-        if storage_bytes(256, result.kv_dtype) > 256:
-            fp8 = plan(config, device, **{**options, "kv_dtype": "fp8"})
-            verdict = "fits" if fp8.fits else "still does not fit"
-            fixes.append(f"an fp8 KV cache (--kv-dtype fp8) takes {_gib(fp8.kv_bytes)}: {verdict}")
-        workspace = result.activation_bytes + result.logits_bytes
-        if workspace > result.kv_bytes and (result.prefill_chunk or result.context) > 512:
-            small = plan(config, device, **{**options, "prefill_chunk": 512})
-            smaller = _gib(small.activation_bytes + small.logits_bytes)
-            fixes.append(f"prefill in chunks of 512 tokens: workspace {smaller}")
-    for tp in (2, 4, 8, 16):
-        if tp > result.tp and config.n_heads % tp == 0:
-            sharded = plan(config, device, **{**options, "tp": tp})
-            if sharded.fits:
-                per_device = _gib(sharded.total_bytes)
-                fixes.append(f"tensor parallel over {tp} devices (--tp {tp}): {per_device} each")
-                break
-    return "; ".join(fixes) or "no single change fits: combine a smaller batch and context"
-
-
-def analyze(
-    config: DecoderConfig,
-    device: DeviceLike | int,
-    batch: int,
-    context: int,
-    *,
-    kv_dtype: str | None = None,
-    tp: int = 1,
-    utilization: float = 0.9,
-    block_size: int = 16,
-    prefill_chunk: int | None = 2048,
-    weights_dtype: str | None = None,
-    thresholds: Mapping[str, Any] | None = None,
-) -> list[Finding]:
-    """Findings for one deployment shape: ``fits`` (fail when it does not fit, warn at high
-    risk), ``max_context`` (info when the model's full context does not fit at this batch),
-    ``max_batch`` (info) and ``context_within_model`` (warn beyond max_positions)."""
-    limits = resolve_thresholds(thresholds)
-    options: dict[str, Any] = {
-        "batch": batch, "context": context, "kv_dtype": kv_dtype, "tp": tp,
-        "utilization": utilization, "block_size": block_size, "prefill_chunk": prefill_chunk,
-        "weights_dtype": weights_dtype, "thresholds": limits,
-    }  # fmt: skip
-    result = plan(config, device, **options)
-    status: Status = "fail" if not result.fits else "warn" if result.risk == "high" else "pass"
-    verdict = {"fail": "does not fit", "warn": "fits with little headroom", "pass": "fits"}
-    usage = (
-        f"{_gib(result.total_bytes)} per device of {_gib(result.device_bytes)} usable "
-        f"({utilization:.0%} of {_gib(result.device_memory_bytes)}, {result.device}): weights "
-        f"{_gib(result.weights_bytes)}, KV cache {_gib(result.kv_bytes)} ({result.kv_dtype}, "
-        f"{batch} x {context:,} tokens), workspace "
-        f"{_gib(result.activation_bytes + result.logits_bytes)}"
-    )
-    max_context = result.max_context
-    full = max_context is None or max_context >= config.max_positions
-    reach = "any context fits" if max_context is None else f"up to {max_context:,} tokens fit"
-    reach = "no context fits" if max_context == 0 else reach
-    beyond = context > config.max_positions
-    return [
-        Finding(
-            analyzer=ANALYZER, check="fits", status=status,
-            message=f"{config.name} {verdict[status]} (risk {result.risk}): {usage}",
-            metric="memory_fraction", value=result.fraction_used,
-            threshold=1.0 if status == "fail" else limits["high_fraction"],
-            fix=None if status == "pass" else _fixes(config, device, result, options),
-            details=result.to_dict(),
-        ),
-        Finding(
-            analyzer=ANALYZER, check="max_context", status="pass" if full else "info",
-            message=f"at batch {batch}, {reach} (model max_positions {config.max_positions:,})",
-            metric="max_context", value=None if max_context is None else float(max_context),
-            threshold=float(config.max_positions),
-        ),
-        Finding(
-            analyzer=ANALYZER, check="max_batch", status="info",
-            message=f"at context {context:,}, up to {result.max_batch:,} sequences fit",
-            metric="max_batch", value=float(result.max_batch), threshold=float(batch),
-        ),
-        Finding(
-            analyzer=ANALYZER, check="context_within_model", status="warn" if beyond else "pass",
-            message=f"context {context:,} {'exceeds' if beyond else 'is within'} the model's "
-            f"max_positions {config.max_positions:,}",
-            metric="context", value=float(context), threshold=float(config.max_positions),
-            fix=f"positions past {config.max_positions:,} are untrained" if beyond else None,
-        ),
-    ]  # fmt: skip
+        reason = "memory"
+    return KVPlan(
+        engine=engine.name, engine_title=engine.title, model=config.name, device=name,
+        memory_basis=basis, device_memory_bytes=memory, utilization=utilization,
+        device_bytes=shape.budget, batch=batch, context=context, tp=tp, kv_dtype=kv_dtype,
+        weights_dtype=weights_type, block_size=block_size, max_num_batched_tokens=batched,
+        max_num_seqs=seqs, attention_kind=config.attention_kind, n_params=n_params(config),
+        kv_bytes_per_token=kv_bytes_per_token(config, kv_dtype, tp=tp),
+        kv_bytes_per_request=per_request, kv_bytes=batch * per_request, weights_bytes=weights,
+        activation_bytes=activation, non_torch_bytes=shape.non_torch, kv_budget_bytes=kv_budget,
+        kv_blocks=blocks, kv_capacity_tokens=blocks * block_size, max_concurrency=concurrency,
+        total_bytes=total, fraction_used=total / shape.budget, fits=shape.fits(batch, context),
+        max_context=max_context, max_context_reason=reason,
+        max_batch=_largest(lambda b: shape.fits(b, context), 1, None) or 0,
+        model_max_positions=config.max_positions,
+        beyond_model_limit=context > config.max_positions,
+    )  # fmt: skip

@@ -2,16 +2,17 @@
 
 The refusal names the largest probe that fits and, once the model is loaded, how long a forward
 of that length would take on this host (:func:`with_time_estimate`), so a user can decide
-whether to run it."""
+whether to run it. Both plan the workbench's own forward (the ``workbench`` engine table: every
+position at once, fp32 logits for all of them), not a serving engine."""
 
 from __future__ import annotations
 
 import torch
 
-from workbench.analyzers.kv_memory import plan
 from workbench.config import DecoderConfig
 from workbench.errors import PlanError, RunError
 from workbench.measurements.calibration import estimate_forward_seconds
+from workbench.memory.planner import plan
 from workbench.settings import get_device
 from workbench.units import format_duration
 
@@ -45,7 +46,7 @@ def check_fits_in_memory(config: DecoderConfig | None, tokens: int, device: str,
         return
     try:
         result = plan(config, get_device("cpu"), batch=batch, context=tokens, kv_dtype=dtype,
-                      weights_dtype=dtype, prefill_chunk=None)
+                      weights_dtype=dtype, engine="workbench", allow_long_context=True)
     except PlanError:
         return
     # The residual recorder keeps every layer's resid_post for the logit lens.
@@ -80,7 +81,7 @@ def out_of_memory_error(config: DecoderConfig | None, tokens: int, device: str, 
     if memory is not None and config is not None:
         try:
             result = plan(config, memory, batch=1, context=tokens, kv_dtype=dtype, weights_dtype=dtype,
-                          prefill_chunk=None)
+                          engine="workbench", allow_long_context=True)
             if result.max_context:
                 hint = f"; the largest probe that fits is about {result.max_context:,} tokens (--tokens)"
         except PlanError:

@@ -17,6 +17,7 @@ from workbench.findings import Finding
 from workbench.inputs import ProbeInput, make_probe, natural_text_tokens
 from workbench.measurements.length import claimed_context, run_length_sweep, sweep_lengths
 from workbench.measurements.timing import profile_forward
+from workbench.memory.planner import plan
 from workbench.pipeline.commands import PATTERN_ROWS
 from workbench.recorders import PatternRequest, Recording
 from workbench.settings import Device, Profile, get_device, list_devices
@@ -104,17 +105,17 @@ def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, 
     return findings
 
 
-def kv_curves(config: DecoderConfig, devices: list[Device], batch: int,
-              kv_dtype: str | None) -> list[dict[str, Any]]:
-    """Total memory against context on each device, for the report's KV chart."""
-    contexts = sorted({2**k for k in range(8, 25) if 2**k <= 4 * config.max_positions} | {config.max_positions})
+def kv_curves(config: DecoderConfig, devices: list[Device], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's KV chart: per device, total memory against context under the deployment's
+    engine, up to the model's limit, with the largest context and why it stops there."""
+    contexts = sorted({2**k for k in range(8, 25) if 2**k < config.max_positions} | {config.max_positions})
     out = []
     for device in devices:
         curve = []
         result = None
         for context in contexts:
             try:
-                result = kv_memory.plan(config, device, batch=batch, context=context, kv_dtype=kv_dtype)
+                result = plan(config, device, **{**options, "context": context})
             except PlanError:
                 break
             curve.append({"context": context, "total_bytes": result.total_bytes, "kv_bytes": result.kv_bytes,
@@ -122,29 +123,36 @@ def kv_curves(config: DecoderConfig, devices: list[Device], batch: int,
         if result is None:
             continue
         out.append({"name": device.name, "usable_bytes": result.device_bytes,
-                    "memory_bytes": device.memory_bytes, "curve": curve, "max_context": result.max_context})
+                    "memory_bytes": result.device_memory_bytes, "memory_basis": result.memory_basis,
+                    "curve": curve, "max_context": result.max_context,
+                    "max_context_reason": result.max_context_reason})
     return out
 
 
 def kv(config: DecoderConfig, profile: Profile, sections: dict[str, Any]) -> list[Finding]:
-    """The KV plan of the profile's deployment, its findings and the report's KV section."""
+    """The KV plan of the profile's deployment as its engine (vLLM by default) would make it, its
+    findings and the report's KV section (the same plan the chart draws). A deployment that does
+    not fit is the profile's ``oversize`` status (warn by default: a limit of the deployment)."""
     deployment = profile.deployment
     device = get_device(deployment.device)
-    context = deployment.context or config.max_positions
     thresholds = profile.thresholds.get("kv_memory")
-    findings = kv_memory.analyze(config, device, deployment.batch, context, kv_dtype=deployment.kv_dtype,
-                                 tp=deployment.tp, utilization=deployment.utilization,
-                                 block_size=deployment.block_size, prefill_chunk=deployment.prefill_chunk,
-                                 thresholds=thresholds)
-    result = kv_memory.plan(config, device, batch=deployment.batch, context=context,
-                            kv_dtype=deployment.kv_dtype, tp=deployment.tp, utilization=deployment.utilization,
-                            block_size=deployment.block_size, prefill_chunk=deployment.prefill_chunk,
-                            thresholds=thresholds)
+    options: dict[str, Any] = {
+        "batch": deployment.batch, "context": deployment.context or config.max_positions,
+        "engine": deployment.engine, "kv_dtype": deployment.kv_dtype, "tp": deployment.tp,
+        "utilization": deployment.utilization, "block_size": deployment.block_size,
+        "max_num_batched_tokens": deployment.prefill_chunk,
+    }  # fmt: skip
+    # A profile may ask for a context past the model's limit: plan it (context_within_model warns)
+    # rather than refuse; otherwise the largest context stays capped at the limit.
+    options["allow_long_context"] = options["context"] > config.max_positions
+    result = plan(config, device, **options)
+    findings = kv_memory.analyze_plan(result, config, device, options, thresholds=thresholds,
+                                      oversize=deployment.oversize)
     names = [deployment.device] + [n for n in KV_DEVICES if n in list_devices() and n != deployment.device]
-    sections["kv"] = {"batch": deployment.batch, "kv_dtype": result.to_dict().get("kv_dtype") or "auto",
-                      "plan": result.to_dict(),
-                      "devices": kv_curves(config, [get_device(n) for n in names], deployment.batch,
-                                           deployment.kv_dtype)}
+    sections["kv"] = {"batch": deployment.batch, "kv_dtype": result.kv_dtype, "engine": result.engine,
+                      "plan": {**result.to_dict(), "risk": kv_memory.risk_level(result.fraction_used, thresholds)},
+                      "devices": kv_curves(config, [get_device(n) for n in names],
+                                           {**options, "allow_long_context": False})}
     return findings
 
 

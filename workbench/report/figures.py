@@ -293,6 +293,8 @@ def kv_figures(kv: dict[str, Any]) -> dict[str, Figure]:
         "hovertemplate": "deployment: %{x:,} tokens, %{y:.2f} GiB<extra></extra>",
     })  # fmt: skip
     title = f"Memory per device vs context (batch {kv['batch']}, KV cache {plot_text(kv['kv_dtype'])})"
+    if plan.get("engine_title"):
+        title += f", as {plot_text(plan['engine_title'])} would serve it"
     layout = base_layout(title, "context, tokens", "GiB per device", height=440)
     if high > 10 * low:
         layout["xaxis"]["type"] = "log"

@@ -21,6 +21,8 @@ class Device:
     memory_stated: str
     source: str
     vendor: str = ""
+    cuda_memory_bytes: int | None = None  # what CUDA reports as the total; None: not known
+    cuda_memory_source: str = ""
     bandwidth_bytes_per_second: int | None = None
     peak_16bit_flops_per_second: float | None = None
     fp32_flops_per_second: float | None = None

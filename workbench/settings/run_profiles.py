@@ -31,17 +31,22 @@ class Deployment:
     """The deployment shape the KV-memory analyzer plans for.
 
     ``context`` None means the model's max_positions; ``kv_dtype`` None means the model's
-    compute dtype; ``prefill_chunk`` None means the whole context in one step.
+    compute dtype; ``utilization``, ``block_size`` and ``prefill_chunk`` (the engine's
+    max_num_batched_tokens) None mean the engine's defaults. ``engine`` names a table in
+    ``profiles/engines/``; ``oversize`` is diagnose's status for a deployment that does not fit
+    ("warn": a limit of the deployment; "fail" for profiles that gate on it).
     """
 
     device: str
     batch: int
     context: int | None
     kv_dtype: str | None
-    utilization: float
-    block_size: int
+    utilization: float | None
+    block_size: int | None
     tp: int
     prefill_chunk: int | None
+    engine: str = "vllm"
+    oversize: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -224,22 +229,33 @@ def _deployment(path: Path, table: dict[str, Any]) -> Deployment:
     """Check the deployment table; ``path`` is where overrides came from (for messages)."""
     context, chunk, kv_dtype = table["context"], table["prefill_chunk"], table["kv_dtype"]
     utilization = table["utilization"]
-    if isinstance(utilization, bool) or not isinstance(utilization, int | float):
-        utilization = -1.0  # reported below
-    if not 0 < utilization <= 1:
-        where = at(path, "deployment", "utilization")
-        raise ProfileError(f"{where}: utilization must be a number in (0, 1]")
+    if utilization != "auto":
+        if isinstance(utilization, bool) or not isinstance(utilization, int | float):
+            utilization = -1.0  # reported below
+        if not 0 < utilization <= 1:
+            where = at(path, "deployment", "utilization")
+            raise ProfileError(f'{where}: utilization must be a number in (0, 1] or "auto"')
     try:
         device = get_device(str(table["device"])).name
     except ProfileError as error:
         raise ProfileError(f"{at(path, 'deployment', 'device')}: {error}") from None
+    oversize = table.get("oversize", "warn")
+    if oversize not in ("warn", "fail"):
+        raise ProfileError(f'{at(path, "deployment", "oversize")}: oversize must be "warn" or "fail"')
+    engine = table.get("engine", "vllm")
+    engines = sorted(p.stem for p in (profiles_dir() / "engines").glob("*.toml"))
+    if engine not in engines:
+        raise unknown_name("engine", str(engine), engines, at(path, "deployment", "engine"))
+    block = table["block_size"]
     return Deployment(
         device=device,
         batch=_integer(path, "deployment", "batch", table["batch"], 1),
         context=None if context == "max" else _integer(path, "deployment", "context", context, 1),
         kv_dtype=None if kv_dtype == "auto" else str(kv_dtype),
-        utilization=float(utilization),
-        block_size=_integer(path, "deployment", "block_size", table["block_size"], 1),
+        utilization=None if utilization == "auto" else float(utilization),
+        block_size=None if block == "auto" else _integer(path, "deployment", "block_size", block, 1),
         tp=_integer(path, "deployment", "tp", table["tp"], 1),
-        prefill_chunk=None if chunk == "none" else _integer(path, "deployment", "prefill_chunk", chunk, 1),
+        prefill_chunk=None if chunk in ("auto", "none") else _integer(path, "deployment", "prefill_chunk", chunk, 1),
+        engine=engine,
+        oversize=oversize,
     )
