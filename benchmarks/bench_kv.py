@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench.memory.params import count_params
 from workbench.memory.planner import plan
-from workbench.profiles import get_device
+from workbench.settings import get_architecture_profile, get_device
 
 GIB = 2**30
 CONTEXT, BATCH = 8192, 1
@@ -102,8 +102,6 @@ def off(value: float | None, truth: float) -> str:
 
 
 def main() -> None:
-    from workbench.profiles import get_architecture_profile
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools-python", default="/work/scratch/kv/tools/bin/python")
     args = parser.parse_args()
