@@ -14,7 +14,7 @@ import torch
 from family_checks import Case, init_weights
 
 import workbench
-from workbench.analyzers.kv_memory import kv_bytes_per_token, kv_cache_bytes
+from workbench.memory.planner import kv_bytes_per_token, kv_cache_bytes
 from workbench.model.decoder import HookedDecoder
 from workbench.model.kv_cache import KVCache
 from workbench.model.norms import RMSNorm
