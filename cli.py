@@ -271,54 +271,11 @@ def kv(
     raise typer.Exit(0 if plan["fits"] else 1)
 
 
-def _gib(value: float | None) -> str:
-    from workbench.units import gib
-
-    return "-" if value is None else gib(value)
-
-
 def _render_kv(result: dict[str, Any]) -> None:
-    from rich.table import Table
+    from workbench.report.kv_terminal import kv_renderables
 
-    from workbench.report.text import printable
-
-    plan = result["plan"]
-    title = f"{result['model']} ({result['attention']}) on {result['device']}, as {plan['engine_title']} would serve it"
-    table = Table(title=Text(printable(title)), show_header=False)
-    basis = {"cuda": "as CUDA reports it", "nominal": "nominal: CUDA's figure not in the catalog",
-             "host": "this host's RAM", "given": "as given"}[plan["memory_basis"]]
-    limit = plan["max_context"]
-    largest = "unbounded (windows)" if limit is None else f"{limit:,} ({plan['max_context_reason']})"
-    rows = [
-        ("engine", f"{plan['engine']}: blocks of {plan['block_size']}, {plan['max_num_batched_tokens']:,} "
-                   f"batched tokens, up to {plan['max_num_seqs']:,} requests"),
-        ("device memory", f"{_gib(plan['device_memory_bytes'])} ({basis})"),
-        (f"budget ({plan['utilization']:.2f})", _gib(plan["device_bytes"])),
-        (f"weights ({plan['weights_dtype']})", _gib(plan["weights_bytes"])),
-        ("activation peak", _gib(plan["activation_bytes"])),
-        ("outside torch", _gib(plan["non_torch_bytes"])),
-        ("left for the KV cache", _gib(plan["kv_budget_bytes"])),
-        (f"KV bytes per token ({plan['kv_dtype']})", f"{plan['kv_bytes_per_token']:,}"),
-        (f"KV per request of {plan['context']:,} tokens", _gib(plan["kv_bytes_per_request"])),
-        (f"KV for {plan['batch']:,} request(s)", _gib(plan["kv_bytes"])),
-        (f"maximum concurrency at {plan['context']:,} tokens", f"{plan['max_concurrency']:.2f}x"),
-        ("fits", "yes" if plan["fits"] else "[bold red]no[/]"),
-        ("risk", plan["risk"]),
-        (f"largest context at batch {plan['batch']:,}", largest),
-        (f"largest batch at {plan['context']:,} tokens", f"{plan['max_batch']:,}"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    out.print(table)
-    from workbench.report.terminal import STATUS_STYLES
-
-    for finding in result["findings"]:
-        if finding["status"] == "pass":
-            continue
-        colour = STATUS_STYLES.get(finding["status"], "white")
-        out.print(Text.assemble((finding["status"], colour), " ", printable(finding["message"])), highlight=False)
-        if finding.get("fix"):
-            out.print(Text("  fix: " + printable(finding["fix"])), highlight=False)
+    for renderable in kv_renderables(result):
+        out.print(renderable, highlight=False)
 
 
 @app.command()
@@ -386,25 +343,10 @@ def zoo_list() -> None:
 @app.command()
 def devices() -> None:
     """List the device catalog used by `workbench kv` and the KV analyzer (`--device` takes these names)."""
-    from rich.table import Table
+    from workbench.report.kv_terminal import devices_renderables
 
-    from workbench.settings import get_device, list_devices
-
-    table = Table("device", "nominal", "CUDA reports", "bandwidth", "peak 16-bit", title="Device catalog")
-    sources = []
-    for name in list_devices():
-        device = get_device(name)
-        bandwidth, peak = device.bandwidth_bytes_per_second, device.peak_16bit_flops_per_second
-        table.add_row(name, f"{device.memory_bytes / 2**30:.0f} GiB",
-                      _gib(device.cuda_memory_bytes) if device.cuda_memory_bytes else "-",
-                      f"{bandwidth / 1e12:.2f} TB/s" if bandwidth else "-",
-                      f"{peak / 1e12:,.0f} TFLOP/s" if peak else "-")
-        cuda = f"; CUDA figure: {device.cuda_memory_source}" if device.cuda_memory_source else ""
-        sources.append(Text.assemble((name, "bold"), ": ", " ".join(device.source.split()) + cuda))
-    out.print(table)
-    out.print("Sources ('-' under CUDA reports: not in the catalog; plans use the nominal size and say so):")
-    for line in sources:
-        out.print(line, highlight=False)
+    for renderable in devices_renderables():
+        out.print(renderable, highlight=False)
 
 
 @app.command()
