@@ -14,28 +14,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from workbench.analyzers import default_thresholds
 from workbench.config import DecoderConfig
 from workbench.errors import PlanError
 from workbench.findings import Finding, Status
 from workbench.memory.dtypes import storage_bytes
 from workbench.memory.params import weights_bytes
 from workbench.memory.planner import DeviceLike, KVPlan, plan
+from workbench.units import gib
 
 Risk = Literal["low", "medium", "high", "oom"]
 ANALYZER = "kv_memory"
-GIB = 2**30
 
-# Threshold names and defaults; profiles/default.toml holds the same values with their sources.
-DEFAULT_THRESHOLDS: dict[str, float] = {"medium_fraction": 0.70, "high_fraction": 0.90}
 
 
 def resolve_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, float]:
-    """Defaults overridden by ``thresholds``; an unknown name is an error naming it."""
-    unknown = sorted(set(thresholds or {}) - set(DEFAULT_THRESHOLDS))
+    """The defaults of profiles/default.toml overridden by ``thresholds``; an unknown name is an
+    error naming it."""
+    defaults = default_thresholds(ANALYZER)
+    unknown = sorted(set(thresholds or {}) - set(defaults))
     if unknown:
-        known = ", ".join(DEFAULT_THRESHOLDS)
+        known = ", ".join(defaults)
         raise PlanError(f"unknown kv_memory thresholds: {', '.join(unknown)} (known: {known})")
-    return {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in (thresholds or {}).items()}}
+    return {k: float(v) for k, v in {**defaults, **(thresholds or {})}.items()}
 
 
 def risk_level(fraction: float, thresholds: Mapping[str, float] | None = None) -> Risk:
@@ -49,20 +50,16 @@ def risk_level(fraction: float, thresholds: Mapping[str, float] | None = None) -
     return "medium" if fraction >= limits["medium_fraction"] else "low"
 
 
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / GIB:,.2f} GiB"
-
-
 def fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, options: dict) -> str:
     """Concrete alternatives, each computed by re-planning with one option changed."""
     found: list[str] = []
     fixed = result.weights_bytes + result.activation_bytes + result.non_torch_bytes
     if fixed > result.device_bytes:
-        found.append(f"weights and workspace alone need {_gib(fixed)} of {_gib(result.device_bytes)}")
+        found.append(f"weights and workspace alone need {gib(fixed)} of {gib(result.device_bytes)}")
         for dtype, label in (("fp8", "fp8"), ("int4", "int4")):
             if storage_bytes(256, dtype) < storage_bytes(256, result.weights_dtype):
                 size = weights_bytes(config, dtype, tp=result.tp)
-                found.append(f"{label} weights take {_gib(size)} per device")
+                found.append(f"{label} weights take {gib(size)} per device")
     else:
         if result.max_context:
             found.append(f"at batch {result.batch} the largest context that fits is {result.max_context:,} tokens")
@@ -75,7 +72,7 @@ def fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, optio
                 fp8 = None
             if fp8 is not None:
                 verdict = "fits" if fp8.fits else "still does not fit"
-                found.append(f"an fp8 KV cache (--kv-dtype fp8) takes {_gib(fp8.kv_bytes)}: {verdict}")
+                found.append(f"an fp8 KV cache (--kv-dtype fp8) takes {gib(fp8.kv_bytes)}: {verdict}")
     for tp in (2, 4, 8, 16):
         if tp > result.tp and config.n_heads % tp == 0:
             try:
@@ -83,7 +80,7 @@ def fixes(config: DecoderConfig, device: DeviceLike | int, result: KVPlan, optio
             except PlanError:
                 continue
             if sharded.fits:
-                found.append(f"tensor parallel over {tp} devices (--tp {tp}): {_gib(sharded.total_bytes)} each")
+                found.append(f"tensor parallel over {tp} devices (--tp {tp}): {gib(sharded.total_bytes)} each")
                 break
     return "; ".join(found) or "no single change fits: combine a smaller batch and context"
 
@@ -107,11 +104,11 @@ def analyze_plan(
     verdict = "fits" if result.fits else "does not fit"
     verdict = "fits with little headroom" if result.fits and status == "warn" else verdict
     usage = (
-        f"{result.engine_title}, {result.device}: KV budget {_gib(result.kv_budget_bytes)} = "
-        f"{result.utilization:.2f} x {_gib(result.device_memory_bytes)} ({result.memory_basis}) - weights "
-        f"{_gib(result.weights_bytes)} - activations {_gib(result.activation_bytes)} - outside torch "
-        f"{_gib(result.non_torch_bytes)}; {result.batch} x {result.context:,} tokens need "
-        f"{_gib(result.kv_bytes)} ({result.kv_dtype}); maximum concurrency for {result.context:,} "
+        f"{result.engine_title}, {result.device}: KV budget {gib(result.kv_budget_bytes)} = "
+        f"{result.utilization:.2f} x {gib(result.device_memory_bytes)} ({result.memory_basis}) - weights "
+        f"{gib(result.weights_bytes)} - activations {gib(result.activation_bytes)} - outside torch "
+        f"{gib(result.non_torch_bytes)}; {result.batch} x {result.context:,} tokens need "
+        f"{gib(result.kv_bytes)} ({result.kv_dtype}); maximum concurrency for {result.context:,} "
         f"tokens per request: {result.max_concurrency:.2f}x"
     )
     max_context, limit = result.max_context, config.max_positions

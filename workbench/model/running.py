@@ -25,16 +25,13 @@ from workbench.errors import RunError
 from workbench.model.activation_cache import ActivationCache
 from workbench.model.hooks import HookPoint, HookSelector, hooks, name_hook_points, reset_hooks, select
 from workbench.model.lens import LensResult, logit_lens
+from workbench.units import gib
 
 NamesFilter = HookSelector | None
 
 
 class CacheTooLargeError(RunError):
     """A requested activation cache would not fit in the memory of its device."""
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
 
 
 def available_bytes(device: torch.device) -> int:
@@ -153,8 +150,8 @@ class RunMixin:
         limit = max_cache_bytes if max_cache_bytes is not None else available_bytes(target)
         if need > limit:
             raise CacheTooLargeError(
-                f"run_with_cache would hold {_gib(need)} ({len(names)} hook points and the logits "
-                f"for {batch} x {length} tokens) but {target.type} has {_gib(limit)} free; cache fewer "
+                f"run_with_cache would hold {gib(need)} ({len(names)} hook points and the logits "
+                f"for {batch} x {length} tokens) but {target.type} has {gib(limit)} free; cache fewer "
                 "hook points (names_filter), fewer tokens, or stream statistics with workbench.record"
             )
         store: dict[str, torch.Tensor] = {}

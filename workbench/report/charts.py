@@ -15,7 +15,6 @@ from typing import Any
 
 from workbench.report.text import token_text
 
-GIB = 2**30
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563",
            "#65a30d", "#9333ea"]  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.report.charts import (
-    GIB,
     PALETTE,
     Figure,
     base_layout,
@@ -22,6 +21,7 @@ from workbench.report.charts import (
     moving_average,
     plot_text,
 )
+from workbench.units import GIB
 
 ATTENTION_STATS = {
     "entropy_norm": "Normalised entropy (1 = uniform, 0 = one key)",
