@@ -9,6 +9,14 @@ def test_no_dead_experts(diagnosis):
     assert_no_fail(diagnosis, "routing_collapse", "dead_experts")
 
 
+def test_no_collapse_onto_one_expert(diagnosis):
+    assert_no_fail(diagnosis, "routing_collapse", "first_choice")
+
+
+def test_router_trained(diagnosis):
+    assert_no_fail(diagnosis, "routing_collapse", "router_entropy")
+
+
 def test_router_balanced(diagnosis):
     assert_no_fail(diagnosis, "routing_collapse", "max_load_violation")
     assert_no_fail(diagnosis, "routing_collapse", "balance_loss")

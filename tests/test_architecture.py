@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"backends", "analyzers", "report"},
     {"recorders", "measurements", "memory"},
-    {"model", "loading", "settings", "inputs", "zoo"},
+    {"model", "loading", "settings", "inputs", "structured_text", "zoo"},
     {"config", "findings", "errors", "units", "utils"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

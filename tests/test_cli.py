@@ -290,3 +290,28 @@ def test_nnsight_backend_diagnoses_an_architecture_the_decoder_lacks(tmp_path):
     assert skipped == {"length_extrapolation", "kv_memory", "timing"}
     watched = [f for f in report["findings"] if f["analyzer"] == "nonfinite" and f["check"] == "activations"]
     assert [f["status"] for f in watched] == ["pass"]  # activations are watched on this backend too
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny", "hf_tiny"])
+def test_routing_command_never_lists_routing_as_not_run(checkpoint, request, tmp_path):
+    # the MoE gets its routing section; the dense llama an empty one (its skip says why)
+    folder = request.getfixturevalue(checkpoint)
+    result = invoke("routing", str(folder), "--profile", "ci", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    not_run = [line for line in result.stdout.splitlines() if "not run:" in line]
+    assert not_run and all("routing" not in line for line in not_run), not_run
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["routing"] is not None
+    assert bool(report["routing"]["layers"]) == (checkpoint == "tiny")
+    if checkpoint == "tiny":  # routed over four kinds of input, each kept apart
+        assert set(report["routing"]["inputs"]) == {"natural", "structured", "repeated", "random"}
+
+
+def test_a_five_token_prompt_gives_no_routing_verdict_it_cannot_support(tiny, tmp_path):
+    result = invoke("routing", str(tiny), "--profile", "ci", "--prompt", "hello", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    routing = [f for f in report["findings"] if f["analyzer"] == "routing_collapse"]
+    assert routing and not {f["status"] for f in routing} & {"fail", "warn"}
+    dead = [f for f in routing if f["check"] == "dead_experts"]
+    assert dead and all(f["status"] == "skip" and "too few" in f["message"] for f in dead)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import inputs
+from workbench import inputs, structured_text
 from workbench.inputs import InputError
 
 
@@ -359,3 +359,26 @@ def test_natural_text_with_smollm2(smollm2_tokenizer: object) -> None:
     assert tokens[:, 0].tolist() == [tokenizer.bos_token_id] * 2  # type: ignore[attr-defined]
     text = tokenizer.decode(tokens[0, 1:].tolist())  # type: ignore[attr-defined]
     assert text in inputs.load_corpus_text()
+
+
+# --- structured text -------------------------------------------------------------------------
+
+
+def test_structured_text_is_seeded_code_lists_tables_and_records() -> None:
+    text = structured_text.structured_text(4000, seed=1)
+    assert len(text) >= 4000 and text == structured_text.structured_text(4000, seed=1)
+    assert text != structured_text.structured_text(4000, seed=2)
+    for marker in ("def ", "return ", "1. ", "id,", '{"name": '):  # each of the four forms appears
+        assert marker in text, marker
+
+
+def test_structured_probe_shape_and_ids_with_and_without_a_tokenizer() -> None:
+    probe = structured_text.structured_probe(100, vocab_size=128, seed=0, batch=2)
+    assert probe.kind == "structured" and probe.tokens.shape == (2, 100) and probe.tokens.dtype == torch.long
+    assert int(probe.tokens.max()) < 128 and not torch.equal(probe.tokens[0], probe.tokens[1])
+    expected = [b % 128 for b in structured_text.structured_text(400, seed=0).encode("utf-8")[:100]]
+    assert probe.tokens[0].tolist() == expected
+    words = structured_text.structured_text_tokens(WordTokenizer(), 50, seed=0)  # ~1 token per word: grows the text
+    assert words.shape == (1, 50)
+    with pytest.raises(InputError, match="outside the model's vocabulary"):
+        structured_text.structured_probe(50, tokenizer=WordTokenizer(), vocab_size=5)

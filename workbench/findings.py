@@ -24,6 +24,7 @@ class Where:
     expert: int | None = None
     positions: tuple[int, int] | None = None  # [start, end) token positions
     sublayer: str | None = None  # "attn", "mlp", "moe", "embed", ...
+    experts: tuple[int, ...] | None = None  # several experts of one layer (e.g. the dead ones)
 
     def __str__(self) -> str:
         parts = []
@@ -33,6 +34,9 @@ class Where:
             parts.append(f"H{self.head}")
         if self.expert is not None:
             parts.append(f"E{self.expert}")
+        if self.experts:
+            shown = ",".join(map(str, self.experts[:8]))
+            parts.append(f"E{shown}" + (f",+{len(self.experts) - 8}" if len(self.experts) > 8 else ""))
         if self.sublayer:
             parts.append(self.sublayer)
         if self.positions is not None:
@@ -65,6 +69,8 @@ class Finding:
         data["where"] = {k: v for k, v in data["where"].items() if v is not None}
         if self.where.positions is not None:
             data["where"]["positions"] = list(self.where.positions)
+        if self.where.experts is not None:
+            data["where"]["experts"] = list(self.where.experts)
         return data
 
     @classmethod
@@ -73,6 +79,8 @@ class Finding:
         where = dict(data.pop("where", {}))
         if "positions" in where:
             where["positions"] = tuple(where["positions"])
+        if "experts" in where:
+            where["experts"] = tuple(where["experts"])
         return cls(where=Where(**where), **data)
 
 

@@ -1,11 +1,13 @@
 """Seeded probe inputs: random tokens, repeated random blocks, natural text and user text.
 
-Every probe the workbench runs through a model starts here. Four kinds:
+Every probe the workbench runs through a model starts here. Five kinds:
 
 - ``random``: uniformly drawn token ids, the model's behaviour with no usable context;
 - ``repeated``: one random block repeated, the induction / copying probe: a model that uses
   its context has a low loss from the second repeat on;
 - ``natural``: a window of the shipped public-domain corpus (``probes/corpus/*.txt``);
+- ``structured``: generated code, numbered lists, CSV tables and JSON records
+  (:func:`structured_probe`), the other domain MoE experts specialise on;
 - ``user``: text the user gave (``--prompt`` / ``--text``).
 
 Determinism: every draw uses its own CPU ``torch.Generator`` seeded with ``manual_seed(seed)``,
@@ -40,7 +42,7 @@ from workbench.units import plural
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only named in annotations
 
-ProbeKind = Literal["random", "repeated", "natural", "user"]
+ProbeKind = Literal["random", "repeated", "natural", "structured", "user"]
 
 # Ids below this are skipped by random probes: BOS/EOS/PAD/UNK and chat or code markers sit at
 # the bottom of Llama, SmolLM2 and Mistral style vocabularies (SmolLM2: ids 0-16).

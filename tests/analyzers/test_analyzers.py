@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from helpers import TINY_DECODERS
 
@@ -16,7 +15,6 @@ from workbench.model.decoder import HookedDecoder
 from workbench.recorders import record
 from workbench.recorders.attention import STATS, AttentionRecord
 from workbench.recorders.nonfinite import ActivationWatch, scan_weights
-from workbench.recorders.routing import LayerRouting, RoutingRecord, accumulate
 
 L, H, T = 3, 4, 64
 
@@ -158,40 +156,6 @@ def test_saturation_skips_short_and_missing_records():
     short = attention_record(torch.full((L, H), 0.3), torch.full((L, H), 0.0))
     short.n_tokens = 4
     assert saturation.analyze(short)[0].status == "skip"
-
-
-def routing_record(share: list[float], tokens: int = 1000, top_k: int = 1) -> RoutingRecord:
-    E = len(share)
-    state = LayerRouting(layer=0, n_experts=E, top_k=top_k)
-    counts = [round(s * tokens * top_k) for s in share]
-    indices = torch.cat([torch.full((c,), e, dtype=torch.long) for e, c in enumerate(counts)])
-    indices = indices[: tokens * top_k].reshape(1, tokens, top_k)
-    logits = torch.log(torch.tensor(share).clamp_min(1e-6)).expand(1, tokens, E)
-    accumulate(state, logits, indices, torch.ones(1, tokens, top_k), samples=4)
-    return RoutingRecord({0: state})
-
-
-def test_collapsed_router_fails_dead_experts_naming_the_top_expert():
-    findings = routing_collapse.analyze(routing_record([0.02, 0.94, 0.02, 0.02, 0.0, 0.0, 0.0, 0.0]))
-    dead = by_check(findings, "dead_experts")[0]
-    assert dead.status == "fail" and dead.where.expert == 1 and dead.where.layer == 0
-    # the four empty experts are dead; 0.02 is above a tenth of the fair share (0.0125)
-    assert dead.value == pytest.approx(4 / 8)
-    assert by_check(findings, "max_load_violation")[0].status == "warn"
-    assert by_check(findings, "balance_loss")[0].value > 1.5
-
-
-def test_balanced_router_passes_every_check():
-    findings = routing_collapse.analyze(routing_record([0.13, 0.12, 0.125, 0.125, 0.12, 0.13, 0.125, 0.125]))
-    assert {f.status for f in findings} == {"pass"}
-    balance = by_check(findings, "balance_loss")[0].value
-    assert balance == pytest.approx(1.0, abs=0.01)
-
-
-def test_one_dead_expert_of_many_is_a_warn():
-    share = [1 / 15] * 15 + [0.0]
-    findings = routing_collapse.analyze(routing_record(share, tokens=1500))
-    assert by_check(findings, "dead_experts")[0].status == "warn"
 
 
 def test_dense_model_skips_routing():

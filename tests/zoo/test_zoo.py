@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import workbench
-from workbench import inputs, zoo
+from workbench import inputs, structured_text, zoo
 from workbench.model.decoder import HookedDecoder
 from workbench.model.hooks import attached_hook_count, hooks
 
@@ -85,12 +86,35 @@ def expert_shares(model: HookedDecoder, tokens_BT: torch.Tensor) -> torch.Tensor
     return torch.stack(shares)
 
 
+def routing_stats(model: HookedDecoder, tokens_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per MoE layer: first-choice share and coverage (fraction of tokens choosing the expert
+    among their top k) per expert ``(layers, E)``, mean router entropy / log E ``(layers,)``."""
+    first, coverage, entropy = [], [], []
+    E = model.config.n_experts
+
+    def keep_logits(logits_BTE: torch.Tensor, hook: object) -> None:
+        probs_NE = torch.softmax(logits_BTE.reshape(-1, E).float(), dim=-1)
+        first.append(torch.bincount(probs_NE.argmax(-1), minlength=E).float() / probs_NE.shape[0])
+        entropy.append(-torch.special.xlogy(probs_NE, probs_NE).sum(-1).mean() / math.log(E))
+
+    def keep_indices(indices_BTk: torch.Tensor, hook: object) -> None:
+        chosen = indices_BTk.reshape(-1, indices_BTk.shape[-1])
+        coverage.append(torch.bincount(chosen.reshape(-1), minlength=E).float() / chosen.shape[0])
+
+    with torch.no_grad(), hooks(model, [(lambda name: name.endswith("mlp.hook_router_logits"), keep_logits),
+                                        (lambda name: name.endswith("mlp.hook_expert_indices"), keep_indices)]):
+        model(tokens_BT)
+    return {"first": torch.stack(first), "coverage": torch.stack(coverage), "entropy": torch.stack(entropy)}
+
+
 def analyzer_probe(kind: str, length: int = CONTEXT) -> torch.Tensor:
     """The kinds of input the analyzers run: random ids, repeated blocks, natural text (bytes)."""
     if kind == "random":
         return inputs.random_tokens(zoo.VOCAB_SIZE, length, batch=8, seed=3)
     if kind == "repeated":
         return repeated_probe(zoo.VOCAB_SIZE, length)
+    if kind == "structured":
+        return structured_text.structured_text_tokens(None, length, batch=8, seed=3, vocab_size=zoo.VOCAB_SIZE)
     return inputs.natural_text_tokens(None, length, batch=8, seed=3, vocab_size=zoo.VOCAB_SIZE)
 
 
@@ -103,6 +127,10 @@ def test_members_and_twins() -> None:
         "scaled-attention",
         "moe-collapsed",
         "moe-balanced",
+        "moe-top2-collapsed",
+        "moe-top2-balanced",
+        "moe-reset-router",
+        "moe-domains",
         "learned-positions",
         "rope-short",
         "rope-overclaimed",
@@ -117,6 +145,8 @@ def test_members_and_twins() -> None:
     assert twins == {
         "unscaled-attention": "scaled-attention",
         "moe-collapsed": "moe-balanced",
+        "moe-top2-collapsed": "moe-top2-balanced",
+        "moe-reset-router": "moe-balanced",
         "flat-attention": "byte-text",
         "minority-unscaled": "byte-text",
         "rope-overclaimed": "rope-short",
@@ -132,6 +162,8 @@ def test_members_and_twins() -> None:
     [
         ("unscaled-attention", "scaled-attention", {"attn_scale"}, set()),
         ("moe-collapsed", "moe-balanced", set(), {"balance_loss"}),
+        ("moe-top2-collapsed", "moe-top2-balanced", set(), {"balance_loss"}),
+        ("moe-reset-router", "moe-balanced", set(), {"reset_router"}),
         ("rope-short", "alibi", {"positions"}, set()),
         ("learned-positions", "rope-short", {"positions"}, set()),  # the three length siblings
         ("flat-attention", "byte-text", set(), {"q_scale"}),  # the bug is written after training
@@ -155,8 +187,12 @@ def test_ground_truth() -> None:
     expected = {
         "unscaled-attention": ("attention_saturation", "saturated_layer", "fail"),
         "scaled-attention": ("attention_saturation", "saturated_layer", None),
-        "moe-collapsed": ("routing_collapse", "dead_experts", "fail"),
-        "moe-balanced": ("routing_collapse", "dead_experts", None),
+        "moe-collapsed": ("routing_collapse", "first_choice", "fail"),
+        "moe-balanced": ("routing_collapse", "first_choice", None),
+        "moe-top2-collapsed": ("routing_collapse", "first_choice", "fail"),
+        "moe-top2-balanced": ("routing_collapse", "first_choice", None),
+        "moe-reset-router": ("routing_collapse", "router_entropy", "fail"),
+        "moe-domains": ("routing_collapse", "dead_experts", None),
         "learned-positions": ("length_extrapolation", "position_table", "warn"),
         "rope-short": ("length_extrapolation", "loss_beyond_claim_copy", "warn"),
         "rope-overclaimed": ("length_extrapolation", "loss_within_claim_copy", "fail"),
@@ -173,6 +209,8 @@ def test_ground_truth() -> None:
         assert bool(truth.where) == (status is not None)  # a finding says where, a pass does not
     assert [(w.layer, w.head) for w in zoo.ground_truth("unscaled-attention").where] == [(0, None), (1, None)]
     assert [(w.layer, w.expert) for w in zoo.ground_truth("moe-collapsed").where] == [(0, 0), (1, 0)]
+    assert [(w.layer, w.expert) for w in zoo.ground_truth("moe-top2-collapsed").where] == [(0, 0), (1, 0)]
+    assert [(w.layer, w.expert) for w in zoo.ground_truth("moe-reset-router").where] == [(0, None), (1, None)]
     assert zoo.ground_truth("rope-short").where[0].positions[0] == CONTEXT
     with pytest.raises(KeyError, match="no zoo member 'nope'"):
         zoo.ground_truth("nope")
@@ -392,19 +430,52 @@ def test_temperature_bugs_written_into_the_byte_model(models) -> None:
     assert text_loss(models["minority-unscaled"]) > healthy
 
 
+ROUTED = ("natural", "structured", "repeated", "random")  # the inputs the pipeline routes
+
+
+def pooled_routing(model: HookedDecoder) -> dict[str, torch.Tensor]:
+    """routing_stats averaged over the four routed inputs (4x the trained context, as analyzed)."""
+    stats = [routing_stats(model, analyzer_probe(kind, 4 * CONTEXT)) for kind in ROUTED]
+    return {key: torch.stack([s[key] for s in stats]).mean(0) for key in stats[0]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("probe", ["random", "repeated", "natural"])
-def test_moe_collapsed_sends_everything_to_expert_0_and_its_twin_balances(models, probe: str) -> None:
-    tokens = analyzer_probe(probe, 4 * CONTEXT)  # the analyzers' main probe runs past the context
-    collapsed = expert_shares(models["moe-collapsed"], tokens)
-    balanced = expert_shares(models["moe-balanced"], tokens)
-    assert collapsed.shape == balanced.shape == (2, 4)
-    for layer_shares in collapsed:
-        assert int(layer_shares.argmax()) == 0 and float(layer_shares[0]) > 0.9
-        assert int((layer_shares < 0.01).sum()) >= 2  # dead experts
-    for layer_shares in balanced:
-        assert float(layer_shares.max()) < 0.45
-        assert float(layer_shares.min()) > 0.08  # no dead expert (fair share 0.25)
+def test_moe_members_route_as_described(models) -> None:
+    for sick in ("moe-collapsed", "moe-top2-collapsed"):
+        first = pooled_routing(models[sick])["first"]
+        assert first.shape == (2, 4)
+        assert first.argmax(-1).tolist() == [0, 0] and float(first[:, 0].min()) > 0.6  # fair share 0.25
+    for healthy in ("moe-balanced", "moe-top2-balanced"):
+        stats = pooled_routing(models[healthy])
+        assert float(stats["first"].max()) < 0.45 and float(stats["first"].min()) > 0.08
+        assert float(stats["entropy"].max()) < 0.97  # trained: well below log E
+    # the top-2 collapse hides in slot shares: every expert still comes second for some tokens
+    coverage = pooled_routing(models["moe-top2-collapsed"])["coverage"]
+    assert float(coverage.min()) > 0.1 * 2 / 4 and float(coverage.max()) <= 1.0
+    # the reset router: near-uniform probabilities in every layer, and the model is worse for it
+    assert float(pooled_routing(models["moe-reset-router"])["entropy"].min()) > 0.985
+    tokens_BT, _ = zoo.TextTask(batch=32).sample(zoo.VOCAB_SIZE, torch.Generator().manual_seed(9))
+
+    def text_loss(model: HookedDecoder) -> float:
+        with torch.no_grad():
+            logits_BTV = model(tokens_BT)
+        return F.cross_entropy(logits_BTV[:, :-1].reshape(-1, zoo.VOCAB_SIZE), tokens_BT[:, 1:].reshape(-1)).item()
+
+    assert text_loss(models["moe-reset-router"]) > text_loss(models["moe-balanced"]) + 0.05
+
+
+@pytest.mark.slow
+def test_moe_domains_experts_2_3_serve_only_the_low_ids(models) -> None:
+    # dead on prose, alive on random ids (a seventh of which are below 32)
+    fair = 2 / 4
+    for kind, alive in (("natural", False), ("random", True)):
+        coverage = routing_stats(models["moe-domains"], analyzer_probe(kind, 4 * CONTEXT))["coverage"]
+        low_domain = coverage[:, 2:]  # (layers, 2)
+        if alive:
+            assert float(low_domain.min()) > 0.1 * fair, (kind, coverage)
+        else:  # layer 0 under the dead threshold on prose; layer 1 close to it (measured 0.02-0.04)
+            assert float(low_domain[0].max()) < 0.1 * fair and float(low_domain.max()) < 0.1, (kind, coverage)
+            assert float(coverage[:, :2].min()) > 0.9  # prose goes to experts 0 and 1
 
 
 @pytest.mark.slow

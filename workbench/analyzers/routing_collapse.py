@@ -1,27 +1,43 @@
-"""routing_collapse: MoE layers whose router sends nearly every token to a few experts.
+"""routing_collapse: MoE routers that collapse onto a few experts, leave experts dead, or never
+learned to route.
 
 The failure (seed primer): trained without a load-balancing loss, a router can converge on one or
 two experts; the model then behaves like a dense model with most parameters idle. It cannot be
-fixed at inference; it must be seen before deployment.
+fixed at inference; it must be seen before deployment. A conversion that lost the gate weights
+leaves a re-initialised router: near-uniform probabilities, experts picked by noise.
 
-Per MoE layer, with load share f_i (fraction of token-slots routed to expert i; fair share 1/E)
-and importance P_i (mean router probability):
+Per MoE layer, from counts pooled over every input kind the pipeline routed (natural text,
+structured text, repeated blocks, random ids), N tokens, E experts, k chosen per token:
 
-* ``dead_experts``: experts receiving under ``dead_share`` of their fair share;
-* ``max_load_violation``: max_i f_i / (1/E) - 1 (0 = perfectly even; Switch Transformer drops
-  tokens past capacity factor 1 + violation);
-* ``load_cv``: coefficient of variation of the load;
-* ``router_entropy_norm``: mean router entropy / log E;
-* ``balance_loss``: the Switch auxiliary loss E * sum_i f_i P_i (1 when balanced, up to E when
-  collapsed onto one expert).
+* ``router_entropy``: mean router entropy / log E. Near 1 (``max_router_entropy``) the router is
+  untrained or re-initialised; then balance numbers prove nothing (uniform noise balances);
+* ``first_choice``: the share of tokens whose first choice (the chosen expert with the largest
+  weight) is the busiest expert,
+  as the fraction of the way from the fair share 1/E to 1 (``collapse_excess``). Top-k aware:
+  under top-2 an expert chosen first by every token still holds only half the slots, so slot
+  shares alone miss the collapse;
+* ``dead_experts``: experts whose per-token coverage (tokens that chose them among their k) is
+  under ``dead_share`` of the fair coverage k/E on *every* input kind: an expert that serves only
+  code is a domain expert, not a dead one;
+* ``max_load_violation``: busiest expert's slot share / (1/E) - 1 (capacity overflow);
+* ``balance_loss``: the Switch auxiliary loss E * sum_i f_i P_i over slots.
 
-Routers are judged on what they select: f_i counts the experts actually chosen, so DeepSeek V3's
-selection-only bias (auxiliary-loss-free balancing) counts; for a sigmoid router P_i is its
-sigmoid scores normalised per token (see :mod:`workbench.recorders.routing`).
+Sample size: a dead-expert, overload or collapse verdict needs counts a uniform router would give
+with probability under ``significance`` (Bonferroni over the E experts) at that N, E and k; with
+fewer tokens the check is skipped, saying how many tokens would tell. Tokens are treated as
+independent draws (positions of one text are not, so the test is a floor, not an exact level).
+
+Routers are judged on what they select: load, coverage and first choices count the experts
+actually chosen, so DeepSeek V3's selection-only bias (auxiliary-loss-free balancing) counts; for
+a sigmoid router P_i is its sigmoid scores normalised per token (see
+:mod:`workbench.recorders.routing`). A sigmoid router scores each expert on its own, so those
+normalised scores are no distribution whose entropy says "untrained": ``router_entropy`` is a
+``skip`` for it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,32 +48,111 @@ from workbench.recorders.routing import LayerRouting, RoutingRecord
 
 NAME = "routing_collapse"
 
+# Thresholds (values and sources) are written once, in profiles/default.toml [thresholds.routing_collapse].
+
+FIX_COLLAPSE = (
+    "Routing collapse is fixed in training, not at inference: add an auxiliary load-balancing loss "
+    "that counts first choices (Switch: E * sum f_i P_i, weight ~1e-2), router z-loss, or expert "
+    "capacity limits, and retrain or fine-tune the router; evaluate expert load before deploying."
+)
+FIX_UNTRAINED = (
+    "The router looks untrained: check that the checkpoint's gate/router tensors were loaded (a "
+    "conversion that drops them leaves a freshly initialised router); reconvert from the original."
+)
 
 
 def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
     return merged_thresholds(NAME, profile_values)
 
 
-def layer_metrics(state: LayerRouting, dead_share: float) -> dict[str, Any]:
-    E = state.n_experts
-    share = state.load_share
-    fair = 1.0 / E
-    importance = state.importance.double()
-    dead = [e for e in range(E) if float(share[e]) < dead_share * fair]
+def binomial_le(n: int, p: float, count: float) -> float:
+    """P(X <= count) for X ~ Binomial(n, p); 1.0 when count is at or above the mean (no evidence)."""
+    c = math.floor(count)
+    if c < 0:
+        return 0.0
+    if c >= n * p or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(c, -1, -1):  # terms shrink away from the mean
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                        + (n - i) * log_q)  # fmt: skip
+        total += term
+        if term < 1e-18 * total:
+            break
+    return min(total, 1.0)
+
+
+def binomial_ge(n: int, p: float, count: float) -> float:
+    """P(X >= count) for X ~ Binomial(n, p); 1.0 when count is at or below the mean."""
+    c = math.ceil(count)
+    if c > n:
+        return 0.0
+    if c <= n * p or p >= 1.0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(c, n + 1):
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                        + (n - i) * log_q)  # fmt: skip
+        total += term
+        if term < 1e-18 * total:
+            break
+    return min(total, 1.0)
+
+
+def tokens_to_tell_dead(n_experts: int, top_k: int, dead_share: float, significance: float) -> int:
+    """The fewest tokens at which a uniform router leaves no expert under the dead threshold
+    (with probability ``1 - significance``)."""
+    fair = top_k / n_experts
+    n = 1
+    while n < 10**7:
+        if n_experts * binomial_le(n, fair, dead_share * fair * n - 1e-9) < significance:
+            return n
+        n *= 2
+    return n
+
+
+def layer_metrics(state: LayerRouting, by_input: dict[str, LayerRouting], t: dict[str, float]) -> dict[str, Any]:
+    """The numbers the checks judge, for one layer (see the module docstring)."""
+    E, k, N = state.n_experts, state.top_k, state.tokens
+    slot_share = state.load_share
+    coverage = state.coselect.diagonal().double() / max(N, 1)  # (E,) fraction of tokens using e
+    first = state.first.double() / max(N, 1)  # (E,)
+    fair_coverage = k / E
+    kinds = by_input or {"all": state}
+    coverage_by_kind = {
+        kind: (s.coselect.diagonal().double() / max(s.tokens, 1)) for kind, s in kinds.items() if s.tokens
+    }
+    dead = [e for e in range(E) if all(float(c[e]) < t["dead_share"] * fair_coverage
+                                       for c in coverage_by_kind.values())]  # fmt: skip
+    top_first = int(torch.argmax(first))
+    fair_first = 1.0 / E
     return {
-        "load_share": [round(float(x), 6) for x in share],
+        "tokens": N,
+        "inputs": {kind: s.tokens for kind, s in kinds.items()},
+        "load_share": [round(float(x), 6) for x in slot_share],
+        "coverage": [round(float(x), 6) for x in coverage],
+        "first_choice_share": [round(float(x), 6) for x in first],
+        "coverage_by_input": {kind: [round(float(x), 4) for x in c] for kind, c in coverage_by_kind.items()},
         "dead_experts": dead,
-        "max_load_violation": float(share.max() / fair - 1),
-        "load_cv": float(share.std(unbiased=False) / share.mean()),
+        "max_load_violation": float(slot_share.max() * E - 1),
+        "load_cv": float(slot_share.std(unbiased=False) / slot_share.mean()),
         "router_entropy_norm": state.entropy_norm,
-        "balance_loss": float(E * (share * importance).sum()),
-        "top_expert": int(torch.argmax(share)),
+        "balance_loss": float(E * (slot_share * state.importance.double()).sum()),
+        "top_expert": int(torch.argmax(slot_share)),
+        "top_first_expert": top_first,
+        "first_choice_excess": float((first[top_first] - fair_first) / (1 - fair_first)) if E > 1 else 0.0,
     }
 
 
 def analyze(record: RoutingRecord | None, thresholds: dict[str, Any] | None = None,
             *, is_moe: bool = True) -> list[Finding]:
-    """Findings per MoE layer of a routing record."""
+    """Findings per MoE layer of a routing record (pooled over its inputs)."""
     if not is_moe:
         return [Finding(NAME, "moe", "skip", "the model has no mixture-of-experts layers")]
     if record is None or not record.layers:
@@ -65,55 +160,121 @@ def analyze(record: RoutingRecord | None, thresholds: dict[str, Any] | None = No
     t = thresholds_from(thresholds)
     findings: list[Finding] = []
     for layer, state in sorted(record.layers.items()):
-        if state.tokens == 0:
+        if state.tokens == 0 or state.n_experts < 2:
             continue
-        findings.extend(_layer_findings(layer, state, t))
+        by_input = {kind: layers[layer] for kind, layers in record.by_input.items() if layer in layers}
+        findings.extend(_layer_findings(layer, state, by_input, t))
     return findings
 
 
-def _layer_findings(layer: int, state: LayerRouting, t: dict[str, float]) -> list[Finding]:
-    m = layer_metrics(state, t["dead_share"])
-    E, dead = state.n_experts, m["dead_experts"]
-    details = {k: v for k, v in m.items()}
-    top = m["top_expert"]
-    top_share = m["load_share"][top]
-    fix = ("Routing collapse is fixed in training, not at inference: add an auxiliary "
-           "load-balancing loss (Switch: E * sum f_i P_i, weight ~1e-2), router z-loss, or expert "
-           "capacity limits, and retrain or fine-tune the router; evaluate expert load before deploying.")
-    findings = []
-    dead_fraction = len(dead) / E
-    if dead:
-        status = "fail" if dead_fraction >= t["max_dead_fraction"] else "warn"
-        findings.append(Finding(
-            NAME, "dead_experts", status,
-            f"layer {layer}: {len(dead)} of {E} experts get under {t['dead_share']:.0%} of their fair "
-            f"share of tokens (experts {', '.join(map(str, dead[:8]))}{'...' if len(dead) > 8 else ''}); "
-            f"expert {top} takes {top_share:.0%} of token-slots.",
-            where=Where(layer=layer, expert=top, sublayer="moe"), metric="dead_expert_fraction",
-            value=round(dead_fraction, 4), threshold=t["max_dead_fraction"], fix=fix, details=details,
-        ))
+def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRouting],
+                    t: dict[str, float]) -> list[Finding]:
+    m = layer_metrics(state, by_input, t)
+    E, k, N = state.n_experts, state.top_k, state.tokens
+    where = Where(layer=layer, sublayer="moe")
+    sigmoid = state.score == "sigmoid"
+    untrained = not sigmoid and m["router_entropy_norm"] >= t["max_router_entropy"]
+    inputs = ", ".join(f"{kind} {n}" for kind, n in m["inputs"].items())
+    tokens = f"{N:,} token{'s' if N != 1 else ''} ({inputs})"
+
+    def finding(check: str, status: str, message: str, **extra: Any) -> Finding:
+        return Finding(NAME, check, status, f"layer {layer}: {message}", details=m, **extra)  # type: ignore[arg-type]
+
+    if sigmoid:
+        entropy_status, entropy_message = "skip", (
+            f"router entropy {m['router_entropy_norm']:.2f} of log {E} not judged: a sigmoid router scores "
+            "each expert on its own")
+    elif untrained:
+        entropy_status, entropy_message = "fail", (
+            f"router entropy is {m['router_entropy_norm']:.3f} of log {E}: probabilities are near-uniform, "
+            "the router is untrained or was re-initialised (e.g. a conversion lost the gate weights); "
+            "experts are picked by noise")
     else:
-        findings.append(Finding(
-            NAME, "dead_experts", "pass", f"layer {layer}: every expert gets tokens",
-            where=Where(layer=layer, sublayer="moe"), metric="dead_expert_fraction", value=0.0,
-            threshold=t["max_dead_fraction"], details=details,
-        ))
-    violation = m["max_load_violation"]
-    findings.append(Finding(
-        NAME, "max_load_violation", "warn" if violation > t["max_load_violation"] else "pass",
-        f"layer {layer}: the busiest expert ({top}) gets {violation + 1:.2f}x its fair share "
-        f"(load CV {m['load_cv']:.2f}).",
-        where=Where(layer=layer, expert=top, sublayer="moe"), metric="max_load_violation",
-        value=round(violation, 4), threshold=t["max_load_violation"],
-        fix=fix if violation > t["max_load_violation"] else None, details=details,
-    ))
+        entropy_status, entropy_message = "pass", f"router entropy {m['router_entropy_norm']:.2f} of log {E}"
+    out = [finding("router_entropy", entropy_status, entropy_message, where=where, metric="router_entropy_norm",
+                   value=round(m["router_entropy_norm"], 4), threshold=t["max_router_entropy"],
+                   fix=FIX_UNTRAINED if untrained else None)]
+    out.append(_first_choice(m, E, N, t, untrained, tokens, finding, layer))
+    out.append(_dead(m, E, k, N, t, tokens, finding, layer))
+    out.append(_overload(m, E, k, N, t, tokens, finding, layer))
     balance = m["balance_loss"]
-    findings.append(Finding(
-        NAME, "balance_loss", "warn" if balance > t["max_balance_loss"] else "pass",
-        f"layer {layer}: Switch balance loss E*sum(f*P) = {balance:.2f} (1.0 is perfectly balanced, "
-        f"{E} is everything on one expert); router entropy {m['router_entropy_norm']:.2f} of maximum.",
-        where=Where(layer=layer, sublayer="moe"), metric="balance_loss", value=round(balance, 4),
-        threshold=t["max_balance_loss"], fix=fix if balance > t["max_balance_loss"] else None,
-        details=details,
-    ))
-    return findings
+    fair = k / E
+    if E * binomial_le(N, fair, t["dead_share"] * fair * N - 1e-9) >= t["significance"]:
+        out.append(finding("balance_loss", "skip", f"balance loss {balance:.2f} on {tokens}: too few to tell "
+                           "(a uniform router's is as far from 1 at this many tokens)", where=where,
+                           metric="balance_loss", value=round(balance, 4), threshold=t["max_balance_loss"]))
+    elif untrained:
+        out.append(finding("balance_loss", "skip",
+                           f"balance loss {balance:.2f} proves nothing: router probabilities are near-uniform",
+                           where=where, metric="balance_loss", value=round(balance, 4),
+                           threshold=t["max_balance_loss"]))  # fmt: skip
+    else:
+        bad = balance > t["max_balance_loss"]
+        out.append(finding(
+            "balance_loss", "warn" if bad else "pass",
+            f"Switch balance loss E*sum(f*P) = {balance:.2f} over slots (1.0 is balanced, {E} is "
+            "everything on one expert).", where=where, metric="balance_loss", value=round(balance, 4),
+            threshold=t["max_balance_loss"], fix=FIX_COLLAPSE if bad else None,
+        ))  # fmt: skip
+    return out
+
+
+def _first_choice(m, E, N, t, untrained, tokens, finding, layer) -> Finding:
+    top = m["top_first_expert"]
+    share = m["first_choice_share"][top]
+    excess = m["first_choice_excess"]
+    where = Where(layer=layer, expert=top, sublayer="moe")
+    common = dict(where=where, metric="first_choice_excess", value=round(excess, 4), threshold=t["collapse_excess"])
+    said = f"expert {top} is the first choice of {share:.0%} of {tokens} (fair {1 / E:.0%})"
+    if untrained:
+        return finding("first_choice", "skip", f"{said}; with near-uniform router probabilities this is "
+                       "noise, not learned collapse (see router_entropy)", **common)  # fmt: skip
+    if excess <= t["collapse_excess"]:
+        return finding("first_choice", "pass", said, **common)
+    chance = E * binomial_ge(N, 1.0 / E, share * N - 1e-9)
+    if chance >= t["significance"]:
+        return finding("first_choice", "skip", f"{said}, but a uniform router does that with probability "
+                       f"{min(chance, 1.0):.2g} at this many tokens: too few to tell", **common)  # fmt: skip
+    return finding("first_choice", "fail", f"{said}: routing collapsed onto one expert (the other "
+                   "experts only ever come second)", fix=FIX_COLLAPSE, **common)  # fmt: skip
+
+
+def _dead(m, E, k, N, t, tokens, finding, layer) -> Finding:
+    dead = m["dead_experts"]
+    fraction = len(dead) / E
+    fair = k / E
+    common = dict(metric="dead_expert_fraction", value=round(fraction, 4), threshold=t["max_dead_fraction"])
+    if E * binomial_le(N, fair, t["dead_share"] * fair * N - 1e-9) >= t["significance"]:
+        need = tokens_to_tell_dead(E, k, t["dead_share"], t["significance"])
+        return finding("dead_experts", "skip", f"{tokens} are too few to tell a dead expert from chance with "
+                       f"{E} experts, top-{k} (a uniform router would leave some under {t['dead_share']:.0%} "
+                       f"of their fair share); about {need:,} tokens would (--tokens)",
+                       where=Where(layer=layer, sublayer="moe"), **common)  # fmt: skip
+    if not dead:
+        return finding("dead_experts", "pass", f"every expert gets tokens on {tokens}",
+                       where=Where(layer=layer, sublayer="moe"), **common)
+    kinds = "every input kind" if len(m["inputs"]) > 1 else "the one input routed"
+    shown = ", ".join(map(str, dead[:8])) + ("..." if len(dead) > 8 else "")
+    return finding(
+        "dead_experts", "fail" if fraction >= t["max_dead_fraction"] else "warn",
+        f"{len(dead)} of {E} experts (experts {shown}) cover under {t['dead_share']:.0%} of their fair share "
+        f"of tokens ({fair:.0%}) on {kinds}; {tokens}.",
+        where=Where(layer=layer, experts=tuple(dead), sublayer="moe"), fix=FIX_COLLAPSE, **common,
+    )  # fmt: skip
+
+
+def _overload(m, E, k, N, t, tokens, finding, layer) -> Finding:
+    top = m["top_expert"]
+    violation = m["max_load_violation"]
+    where = Where(layer=layer, expert=top, sublayer="moe")
+    common = dict(where=where, metric="max_load_violation", value=round(violation, 4),
+                  threshold=t["max_load_violation"])  # fmt: skip
+    said = (f"the busiest expert ({top}) gets {violation + 1:.2f}x its fair share of slots "
+            f"(load CV {m['load_cv']:.2f}) on {tokens}")  # fmt: skip
+    if violation <= t["max_load_violation"]:
+        return finding("max_load_violation", "pass", said, **common)
+    coverage_count = m["coverage"][top] * N
+    if E * binomial_ge(N, k / E, coverage_count - 1e-9) >= t["significance"]:
+        return finding("max_load_violation", "skip", f"{said}, within what a uniform router gives at this "
+                       "many tokens: too few to tell", **common)  # fmt: skip
+    return finding("max_load_violation", "warn", said, fix=FIX_COLLAPSE, **common)

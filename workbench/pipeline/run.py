@@ -193,6 +193,10 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             if "routing" in wanted and not description.n_experts:  # still says why routing is not judged
                 findings += routing_collapse.analyze(None, None, is_moe=False)
             recording, wanted = None, wanted - {"attention", "residual", "routing", "loss", "length"}
+        if ("routing" in wanted and recording is not None and recording.routing is not None
+                and options.prompt is None):
+            say(f"routing structured text, repeated blocks and random ids{through}")
+            recording.routing = steps.route_more_inputs(backend, loaded, probe, recording.routing, profile, seed)
     labels = token_labels(loaded.tokenizer, probe.tokens[0, :PATTERN_ROWS].tolist())
     findings += steps.analyze_records(recording, description.n_experts, profile, wanted, sections, probe, labels,
                                       vocab_size=description.vocab_size)

@@ -20,7 +20,9 @@ from workbench.measurements.timing import profile_forward
 from workbench.memory.planner import plan
 from workbench.pipeline.commands import PATTERN_ROWS
 from workbench.recorders import PatternRequest, Recording
+from workbench.recorders.routing import RoutingRecord, combine
 from workbench.settings import Device, Profile, get_device, list_devices
+from workbench.structured_text import structured_probe
 
 # The KV section plots these devices (plus the deployment's) when they are in the catalog.
 KV_DEVICES = ("h100-sxm", "a100-40gb", "l4", "t4", "rtx4090", "cpu")
@@ -70,8 +72,8 @@ def analyze_records(recording: Recording | None, n_experts: int, profile: Profil
     if "routing" in wanted:
         findings += routing_collapse.analyze(recording.routing, profile.thresholds.get(routing_collapse.NAME),
                                              is_moe=n_experts > 0)
-        if recording.routing is not None:
-            sections["routing"] = recording.routing.to_dict()
+        # a dense model's section is present and empty: routing ran and found no MoE layer
+        sections["routing"] = recording.routing.to_dict() if recording.routing is not None else {"layers": []}
     return findings
 
 
@@ -82,6 +84,33 @@ def longest_sweep(config: DecoderConfig, profile: Profile, requested: int | None
     lengths, _ = sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
                                list(probes["lengths"]), int(probes["max_tokens"]), requested=requested)
     return max(lengths, default=2)
+
+
+def routing_inputs(probe: ProbeInput, profile: Profile, tokenizer: Any, vocab_size: int,
+                   seed: int) -> dict[str, torch.Tensor]:
+    """The other kinds of input routing is judged on besides the main probe, at its length:
+    structured text, repeated blocks, random ids (``[1, T]`` each, on the CPU). An expert is dead
+    only if it is dead on all of them."""
+    n_tokens = probe.length
+    block = min(int(profile.probes["repeat_block"]), max(1, n_tokens // 2))
+    others = {
+        "structured": structured_probe(n_tokens, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed),
+        "repeated": make_probe("repeated", n_tokens, vocab_size=vocab_size, seed=seed, block_len=block),
+        "random": make_probe("random", n_tokens, vocab_size=vocab_size, seed=seed),
+    }
+    return {kind: other.tokens for kind, other in others.items() if kind != probe.kind}
+
+
+def route_more_inputs(backend: Any, loaded: Any, probe: ProbeInput, main: RoutingRecord, profile: Profile,
+                      seed: int) -> RoutingRecord | None:
+    """The main probe's routing pooled with that of :func:`routing_inputs`, each kind kept apart."""
+    others = routing_inputs(probe, profile, loaded.tokenizer, loaded.description.vocab_size, seed)
+    records: dict[str, RoutingRecord | None] = {probe.kind: main}
+    for kind, tokens in others.items():
+        recording, _ = backend.record(loaded, tokens.to(probe.tokens.device), attention=False, residual=False,
+                                      routing=True, loss=False, patterns=[], watch_nonfinite=False)
+        records[kind] = recording.routing
+    return combine(records)
 
 
 def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, seed: int,

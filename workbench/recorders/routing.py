@@ -5,7 +5,8 @@ Per MoE layer (counts add up over every forward inside one ``record`` block):
 * ``load[e]``: token-slots routed to expert e (sums to tokens x top_k);
 * ``importance[e]``: mean router probability of e over tokens (sums to 1);
 * ``entropy``: mean router entropy per token, nats (``entropy_norm``: / log n_experts);
-* ``coselect[e, f]``: tokens that chose both e and f (diagonal = load);
+* ``first[e]``: tokens whose first choice (the chosen expert with the largest weight) is e;
+* ``coselect[e, f]``: tokens that chose both e and f (diagonal = load = per-token coverage);
 * ``sample``: the choices (experts and weights) at a few evenly spaced positions.
 
 Routers are judged on what they select: ``load`` counts the experts actually chosen, so a
@@ -13,6 +14,10 @@ DeepSeek V3 router's selection-only bias (which shifts choices, not weights) is 
 router (``config.router_score``) scores each expert independently; its "probabilities" here
 are the sigmoid scores normalised to sum to one per token, the share of gate mass each expert
 would get (a softmax of its logits would describe a router it is not).
+
+A :class:`RoutingRecord` holds these per layer, pooled over every input it saw, and (when the
+pipeline routed several kinds of input: natural text, structured text, repeated blocks, random
+ids) the same numbers per input kind in ``by_input``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class LayerRouting:
     prob_sum: torch.Tensor | None = None  # (E,) float64, sum over tokens of router probs
     entropy_sum: float = 0.0
     coselect: torch.Tensor | None = None  # (E, E) int64
+    first: torch.Tensor | None = None  # (E,) int64, tokens whose first choice is e
     sample_positions: list[int] = field(default_factory=list)
     sample_experts: list[list[int]] = field(default_factory=list)
     sample_weights: list[list[float]] = field(default_factory=list)
@@ -67,6 +73,7 @@ class LayerRouting:
             "entropy": round(self.entropy, 6),
             "entropy_norm": round(self.entropy_norm, 6),
             "coselect": self.coselect.tolist(),
+            "first_choice": self.first.tolist(),
             "sample": {
                 "positions": self.sample_positions,
                 "experts": self.sample_experts,
@@ -75,12 +82,58 @@ class LayerRouting:
         }
 
 
+    def add(self, other: LayerRouting) -> None:
+        """Add ``other``'s counts (the same layer seen on another input) to these."""
+        if other.load is None:
+            return
+        if self.load is None:
+            self.load, self.prob_sum = other.load.clone(), other.prob_sum.clone()
+            self.coselect, self.first = other.coselect.clone(), other.first.clone()
+            self.sample_positions, self.sample_experts = list(other.sample_positions), list(other.sample_experts)
+            self.sample_weights = list(other.sample_weights)
+        else:
+            self.load += other.load
+            self.prob_sum += other.prob_sum
+            self.coselect += other.coselect
+            self.first += other.first
+        self.entropy_sum += other.entropy_sum
+        self.tokens += other.tokens
+
+
 @dataclass
 class RoutingRecord:
+    """Per MoE layer routing counts, pooled over every input; ``by_input`` keeps them per input
+    kind (empty when only one input was routed)."""
+
     layers: dict[int, LayerRouting]
+    by_input: dict[str, dict[int, LayerRouting]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [self.layers[layer].to_dict() for layer in sorted(self.layers)]}
+        data: dict[str, Any] = {"layers": [self.layers[layer].to_dict() for layer in sorted(self.layers)]}
+        if self.by_input:
+            data["inputs"] = {
+                kind: {"tokens": next(iter(layers.values())).tokens if layers else 0,
+                       "layers": [{"layer": layer, "load": state.load.tolist(),
+                                   "first_choice": state.first.tolist(),
+                                   "entropy_norm": round(state.entropy_norm, 6)}
+                                  for layer, state in sorted(layers.items())]}
+                for kind, layers in self.by_input.items()
+            }  # fmt: skip
+        return data
+
+
+def combine(records: dict[str, RoutingRecord]) -> RoutingRecord | None:
+    """One record from the records of several input kinds: counts pooled per layer, each kind
+    kept in ``by_input``. None when no record routed anything."""
+    present = {kind: record for kind, record in records.items() if record is not None and record.layers}
+    if not present:
+        return None
+    pooled: dict[int, LayerRouting] = {}
+    for record in present.values():
+        for layer, state in record.layers.items():
+            pooled.setdefault(layer, LayerRouting(layer, state.n_experts, state.top_k, state.score)).add(state)
+    by_input = {kind: dict(record.layers) for kind, record in present.items()} if len(present) > 1 else {}
+    return RoutingRecord(pooled, by_input)
 
 
 def accumulate(
@@ -99,6 +152,11 @@ def accumulate(
         state.load = torch.zeros(E, dtype=torch.int64)
         state.prob_sum = torch.zeros(E, dtype=torch.float64)
         state.coselect = torch.zeros(E, E, dtype=torch.int64)
+        state.first = torch.zeros(E, dtype=torch.int64)
+    # first choice: the chosen expert with the largest gate weight (what the token mostly gets;
+    # for a softmax router the argmax of its probabilities)
+    first_N = chosen.gather(1, weights.reshape(-1, weights.shape[-1]).argmax(dim=-1, keepdim=True).cpu())[:, 0]
+    state.first += torch.bincount(first_N, minlength=E)
     state.load += torch.bincount(chosen.reshape(-1), minlength=E)
     state.prob_sum += probs.sum(0).double().cpu()
     state.entropy_sum += float(-torch.special.xlogy(probs, probs).sum())
@@ -149,3 +207,4 @@ class RoutingRecorder:
         if not self.layers:
             return None
         return RoutingRecord({k: v for k, v in self.layers.items() if v.load is not None})
+

@@ -35,7 +35,9 @@ def where_text(where: dict[str, Any] | None) -> str:
     data = dict(where or {})
     if data.get("positions") is not None:
         data["positions"] = tuple(data["positions"])
-    known = {key: data.get(key) for key in ("layer", "head", "expert", "positions", "sublayer")}
+    if data.get("experts") is not None:
+        data["experts"] = tuple(data["experts"])
+    known = {key: data.get(key) for key in ("layer", "head", "expert", "positions", "sublayer", "experts")}
     return str(Where(**known))
 
 

@@ -214,7 +214,8 @@ SUMMARY = obj(
 WHERE = obj(
     {},
     {"layer": nullable(NONNEG_INT), "head": nullable(NONNEG_INT), "expert": nullable(NONNEG_INT),
-     "positions": nullable(list_of(NONNEG_INT, lambda: 2)), "sublayer": nullable(STR)},
+     "positions": nullable(list_of(NONNEG_INT, lambda: 2)), "sublayer": nullable(STR),
+     "experts": nullable(list_of(NONNEG_INT))},
 )  # fmt: skip
 FINDING = obj(
     {"analyzer": STR, "check": STR, "status": one_of(*STATUSES), "message": STR, "where": WHERE,

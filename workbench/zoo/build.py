@@ -13,7 +13,7 @@ import torch
 
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
-from workbench.zoo.specs import MEMBERS, ZooSpec, _spec
+from workbench.zoo.specs import MEMBERS, RESET_ROUTER_STD, ZooSpec, _spec
 from workbench.zoo.training import _init_weights, _train, _training_threads, _write_q_scale
 
 ZOO_FILE = "zoo.json"
@@ -65,6 +65,10 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
     if spec.claim:
         model.config = model.config.replace(**spec.claim)
         model.reset_buffers()
+    if spec.reset_router:  # after training, like q_scale (outside the cache)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.mlp.router.weight.normal_(0.0, RESET_ROUTER_STD)
     path = save_checkpoint(model, Path(folder) / name)
     provenance = {
         "member": name,

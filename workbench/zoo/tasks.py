@@ -73,10 +73,11 @@ class TopicTask:
     context: int = TRAINED_CONTEXT
     topic_size: int = 4
     batch: int = 16
+    id_high: int | None = None  # topics drawn from ids [0, id_high); None: the whole vocabulary
 
     def sample(self, vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """One batch ``[B, T]`` int64 and the first position that carries loss (1)."""
-        scores_BV = torch.rand(self.batch, vocab_size, generator=generator)
+        scores_BV = torch.rand(self.batch, self.id_high or vocab_size, generator=generator)
         topics_BK = scores_BV.argsort(dim=-1)[:, : self.topic_size]
         picks_BT = torch.randint(0, self.topic_size, (self.batch, self.context), generator=generator)
         return topics_BK.gather(1, picks_BT), 1
@@ -117,10 +118,26 @@ class MixedTask:
         return part.sample(vocab_size, generator)
 
 
-Task = CopyTask | PairCopyTask | TopicTask | TextTask | MixedTask
+@dataclass(frozen=True)
+class RowMixTask:
+    """Every batch holds rows of each of ``parts`` (each part's own batch size), so a balancing
+    loss balances experts over the mixture, not within each part."""
+
+    parts: tuple[TopicTask | TextTask, ...]
+
+    def sample(self, vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        batches = [part.sample(vocab_size, generator) for part in self.parts]
+        return torch.cat([rows for rows, _ in batches]), max(first for _, first in batches)
+
+
+Task = CopyTask | PairCopyTask | TopicTask | TextTask | MixedTask | RowMixTask
 # The length members copy both ways: one block looped (fast to learn) and blocks copied once (what
 # the length sweep's copy probe writes).
 _COPY = MixedTask((CopyTask(), PairCopyTask()))
+# Prose (bytes 10 and 32-126) and topics over the ids below 32 that prose never uses (but 10, 13):
+# two domains the router can tell apart from the first token on.
+DOMAIN_IDS = 32
+_PROSE_AND_LOW_TOPICS = RowMixTask((TextTask(batch=8), TopicTask(batch=8, id_high=DOMAIN_IDS)))
 
 
 # The MoE pair sees natural text (the analyzers' main probe) and uniform ids (random probes), so

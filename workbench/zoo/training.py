@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from workbench.model.decoder import HookedDecoder
 from workbench.model.hooks import hooks
 from workbench.zoo.specs import InitKind, ZooSpec
+from workbench.zoo.tasks import DOMAIN_IDS
 
 TRAINING_THREADS = 1
 
@@ -53,6 +54,17 @@ def _init_weights(model: HookedDecoder, init: InitKind) -> None:
                 router_ED = block.mlp.router.weight
                 router_ED.normal_(0.0, 0.02)
                 router_ED[0] += direction
+        elif init == "domain_router":
+            # ids below DOMAIN_IDS share +u in their embedding, the others -u; experts 2-3 look
+            # along +u, experts 0-1 along -u: each domain starts on its own pair of experts.
+            u = torch.randn(config.d_model)
+            u /= u.norm()
+            sign_V = torch.where(torch.arange(config.vocab_size) < DOMAIN_IDS, 1.0, -1.0)
+            model.embed.weight += 2.0 * model.embed.weight.std() * math.sqrt(config.d_model) * sign_V[:, None] * u
+            for block in model.blocks:
+                router_ED = block.mlp.router.weight
+                router_ED[2:] += u
+                router_ED[:2] -= u
 
 
 def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] | None) -> None:
