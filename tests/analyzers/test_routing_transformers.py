@@ -62,11 +62,11 @@ def test_the_workbench_counts_what_transformers_routes(cases, reports) -> None:
         first = pooled(case["truth"], "first_share")
         coverage = pooled(case["truth"], "coverage")
         for finding in findings(reports[name], "first_choice"):
-            layer = finding["where"]["layer"]
             got = torch.tensor(finding["details"]["first_choice_share"])
-            torch.testing.assert_close(got, first[layer].float(), atol=0.005, rtol=0)  # 10 of 2,048 tokens
-            torch.testing.assert_close(torch.tensor(finding["details"]["coverage"]), coverage[layer].float(),
-                                       atol=0.005, rtol=0)  # fmt: skip
+            torch.testing.assert_close(got, first[finding["where"]["layer"]].float(), atol=0.005, rtol=0)
+        for finding in findings(reports[name], "dead_experts"):  # 0.005: 10 of 2,048 tokens
+            got = torch.tensor(finding["details"]["coverage"])
+            torch.testing.assert_close(got, coverage[finding["where"]["layer"]].float(), atol=0.005, rtol=0)
 
 
 def test_top2_collapse_fails_first_choice_where_transformers_sees_it(cases, reports) -> None:

@@ -50,6 +50,16 @@ NAME = "routing_collapse"
 
 # Thresholds (values and sources) are written once, in profiles/default.toml [thresholds.routing_collapse].
 
+# The details every finding carries, and the per-expert numbers only the check that judges them keeps.
+SHARED_DETAILS = ["tokens", "inputs", "router_entropy_norm"]
+CHECK_DETAILS: dict[str, list[str]] = {
+    "router_entropy": [],
+    "first_choice": ["first_choice_share", "top_first_expert", "first_choice_excess"],
+    "dead_experts": ["coverage", "coverage_by_input", "dead_experts"],
+    "max_load_violation": ["load_share", "top_expert", "max_load_violation", "load_cv"],
+    "balance_loss": ["balance_loss"],
+}
+
 FIX_COLLAPSE = (
     "Routing collapse is fixed in training, not at inference: add an auxiliary load-balancing loss "
     "that counts first choices (Switch: E * sum f_i P_i, weight ~1e-2), router z-loss, or expert "
@@ -178,7 +188,9 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
     tokens = f"{N:,} token{'s' if N != 1 else ''} ({inputs})"
 
     def finding(check: str, status: str, message: str, **extra: Any) -> Finding:
-        return Finding(NAME, check, status, f"layer {layer}: {message}", details=m, **extra)  # type: ignore[arg-type]
+        # each check keeps the per-expert numbers it judged (report.json stays small at many experts)
+        details = {key: m[key] for key in SHARED_DETAILS + CHECK_DETAILS[check]}
+        return Finding(NAME, check, status, f"layer {layer}: {message}", details=details, **extra)  # type: ignore[arg-type]
 
     if sigmoid:
         entropy_status, entropy_message = "skip", (
