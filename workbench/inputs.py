@@ -6,8 +6,7 @@ Every probe the workbench runs through a model starts here. Five kinds:
 - ``repeated``: one random block repeated, the induction / copying probe: a model that uses
   its context has a low loss from the second repeat on;
 - ``natural``: a window of the shipped public-domain corpus (``probes/corpus/*.txt``);
-- ``structured``: generated code, numbered lists, CSV tables and JSON records
-  (:func:`structured_probe`), the other domain MoE experts specialise on;
+- ``structured``: code, lists, tables and records (:mod:`workbench.structured_text`);
 - ``user``: text the user gave (``--prompt`` / ``--text``).
 
 Determinism: every draw uses its own CPU ``torch.Generator`` seeded with ``manual_seed(seed)``,
