@@ -41,10 +41,11 @@ TOP_K = 2
 
 
 def config(aux_loss: float = 0.0) -> MixtralConfig:
-    """2 layers, d_model 64, 4 heads, 4 experts of width 64, top-2, byte vocabulary."""
+    """2 layers, d_model 64, 4 heads, 4 experts of width 64, top-2, byte vocabulary; a claimed context
+    of 512 so the pipeline's 512-token probes stay inside it."""
     return MixtralConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
         num_local_experts=N_EXPERTS, num_experts_per_tok=TOP_K, router_aux_loss_coef=aux_loss,
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )  # fmt: skip
