@@ -25,7 +25,8 @@ and their ground truth), :mod:`~workbench.zoo.training` (the loop), :mod:`~workb
 """
 
 from workbench.zoo.build import ZOO_FILE, BuildProgress, build, build_all
-from workbench.zoo.specs import MEMBERS, GroundTruth, ZooSpec, ground_truth
+from workbench.zoo.recipe import GroundTruth, ZooSpec
+from workbench.zoo.specs import MEMBERS, ground_truth
 from workbench.zoo.tasks import (
     TRAINED_CONTEXT,
     VOCAB_SIZE,

@@ -13,7 +13,8 @@ import torch
 
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
-from workbench.zoo.specs import MEMBERS, RESET_ROUTER_STD, ZooSpec, _spec
+from workbench.zoo.recipe import ZooSpec
+from workbench.zoo.specs import MEMBERS, RESET_ROUTER_STD, _spec
 from workbench.zoo.training import _init_weights, _train, _training_threads, _write_q_scale
 
 ZOO_FILE = "zoo.json"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from workbench.model.decoder import HookedDecoder
 from workbench.model.hooks import hooks
-from workbench.zoo.specs import InitKind, ZooSpec
+from workbench.zoo.recipe import InitKind, ZooSpec
 from workbench.zoo.tasks import DOMAIN_IDS
 
 TRAINING_THREADS = 1
