@@ -213,7 +213,7 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
         findings += steps.kv(description.decoder_config, profile, sections)
     if "timing" in wanted and backend.supports("timing", description) and trace_dir is not None:
         say("profiling the forward")
-        sections["timing"] = steps.timing(loaded.module, probe, trace_dir)
+        sections["timing"] = steps.timing(loaded.module, probe, trace_dir, options.device, options.dtype)
     report = document(options, profile.name, seed, created, started, description.model_info(), findings, probe,
                       sections)
     if sections["timing"] is not None:

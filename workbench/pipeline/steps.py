@@ -16,6 +16,7 @@ from workbench.errors import InputError, PlanError, RunError
 from workbench.findings import Finding
 from workbench.inputs import ProbeInput, make_probe, natural_text_tokens
 from workbench.measurements.length import claimed_context, run_length_sweep, sweep_lengths
+from workbench.measurements.peak import peak_flops
 from workbench.measurements.timing import profile_forward
 from workbench.memory.planner import plan
 from workbench.pipeline.commands import PATTERN_ROWS
@@ -185,14 +186,17 @@ def kv(config: DecoderConfig, profile: Profile, sections: dict[str, Any]) -> lis
     return findings
 
 
-def timing(model: Any, probe: ProbeInput, trace_dir: Path) -> dict[str, Any]:
-    """Profile the main probe's forward; traces go to ``trace_dir``."""
+def timing(model: Any, probe: ProbeInput, trace_dir: Path, device: str = "cpu",
+           dtype: str = "float32") -> dict[str, Any]:
+    """Profile the main probe's forward; traces go to ``trace_dir``. The catalog's peak for the
+    device at ``dtype`` gives the fraction of peak (none on the CPU)."""
 
     def forward(m: Any, tokens: torch.Tensor) -> Any:
         with torch.no_grad():
             return m.hidden(tokens)
 
-    record = profile_forward(model, probe.tokens, out_dir=trace_dir, run_name="forward", forward=forward)
+    record = profile_forward(model, probe.tokens, out_dir=trace_dir, run_name="forward", forward=forward,
+                             peak_flops=peak_flops(device, dtype))
     data = record.to_dict()
     data["trace"] = {"tensorboard_dir": data.get("trace_dir"), "chrome_trace": data.get("chrome_trace")}
     return data
