@@ -162,3 +162,16 @@ def test_the_recorder_counts_first_choices_and_combine_pools_inputs() -> None:
     assert document["inputs"]["random"]["layers"][0]["first_choice"] == states["random"].first.tolist()
     assert combine({"natural": RoutingRecord({0: states["natural"]})}).by_input == {}  # one input: no split
     assert combine({}) is None
+
+
+def test_a_uniform_router_in_a_model_at_chance_is_untrained_not_a_lost_gate() -> None:
+    # the same near-uniform router: a trained model (loss well below log V) fails, a model whose
+    # loss sits at chance (freshly initialised: every part is untrained) gets a skip that says so
+    generator = torch.Generator().manual_seed(2)
+    record = RoutingRecord({0: route(0.05 * torch.randn(2048, 8, generator=generator), top_k=2)})
+    vocab = 1000
+    trained = routing_collapse.analyze(record, loss_nats=3.0, vocab_size=vocab)
+    assert by_check(trained, "router_entropy").status == "fail"
+    at_chance = routing_collapse.analyze(record, loss_nats=math.log(vocab) - 0.05, vocab_size=vocab)
+    entropy = by_check(at_chance, "router_entropy")
+    assert entropy.status == "skip" and "at chance" in entropy.message and entropy.fix is None

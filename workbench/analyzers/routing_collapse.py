@@ -161,8 +161,13 @@ def layer_metrics(state: LayerRouting, by_input: dict[str, LayerRouting], t: dic
 
 
 def analyze(record: RoutingRecord | None, thresholds: dict[str, Any] | None = None,
-            *, is_moe: bool = True) -> list[Finding]:
-    """Findings per MoE layer of a routing record (pooled over its inputs)."""
+            *, is_moe: bool = True, loss_nats: float | None = None,
+            vocab_size: int | None = None) -> list[Finding]:
+    """Findings per MoE layer of a routing record (pooled over its inputs).
+
+    ``loss_nats`` (the probe's mean loss) and ``vocab_size``: a model whose loss sits at chance
+    (log V) is untrained as a whole, so its uniform router is no lost gate: ``router_entropy`` is
+    then a skip that says so."""
     if not is_moe:
         return [Finding(NAME, "moe", "skip", "the model has no mixture-of-experts layers")]
     if record is None or not record.layers:
@@ -173,17 +178,20 @@ def analyze(record: RoutingRecord | None, thresholds: dict[str, Any] | None = No
         if state.tokens == 0 or state.n_experts < 2:
             continue
         by_input = {kind: layers[layer] for kind, layers in record.by_input.items() if layer in layers}
-        findings.extend(_layer_findings(layer, state, by_input, t))
+        findings.extend(_layer_findings(layer, state, by_input, t, loss_nats, vocab_size))
     return findings
 
 
 def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRouting],
-                    t: dict[str, float]) -> list[Finding]:
+                    t: dict[str, float], loss_nats: float | None = None,
+                    vocab_size: int | None = None) -> list[Finding]:
     m = layer_metrics(state, by_input, t)
     E, k, N = state.n_experts, state.top_k, state.tokens
     where = Where(layer=layer, sublayer="moe")
     sigmoid = state.score == "sigmoid"
     untrained = not sigmoid and m["router_entropy_norm"] >= t["max_router_entropy"]
+    chance = math.log(vocab_size) - t["chance_margin"] if vocab_size else None
+    at_chance = loss_nats is not None and chance is not None and loss_nats >= chance
     inputs = ", ".join(f"{kind} {n}" for kind, n in m["inputs"].items())
     tokens = f"{N:,} token{'s' if N != 1 else ''} ({inputs})"
 
@@ -196,6 +204,11 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
         entropy_status, entropy_message = "skip", (
             f"router entropy {m['router_entropy_norm']:.2f} of log {E} not judged: a sigmoid router scores "
             "each expert on its own")
+    elif untrained and at_chance:
+        entropy_status, entropy_message = "skip", (
+            f"router entropy is {m['router_entropy_norm']:.3f} of log {E}, but the model's loss on the probe "
+            f"({loss_nats:.2f} nats) is at chance (log V = {math.log(vocab_size):.2f}): an untrained model routes "
+            "uniformly; nothing to judge")
     elif untrained:
         entropy_status, entropy_message = "fail", (
             f"router entropy is {m['router_entropy_norm']:.3f} of log {E}: probabilities are near-uniform, "
@@ -205,7 +218,7 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
         entropy_status, entropy_message = "pass", f"router entropy {m['router_entropy_norm']:.2f} of log {E}"
     out = [finding("router_entropy", entropy_status, entropy_message, where=where, metric="router_entropy_norm",
                    value=round(m["router_entropy_norm"], 4), threshold=t["max_router_entropy"],
-                   fix=FIX_UNTRAINED if untrained else None)]
+                   fix=FIX_UNTRAINED if entropy_status == "fail" else None)]
     out.append(_first_choice(m, E, N, t, untrained, tokens, finding, layer))
     out.append(_dead(m, E, k, N, t, tokens, finding, layer))
     out.append(_overload(m, E, k, N, t, tokens, finding, layer))

@@ -6,7 +6,7 @@ COMMANDS: dict[str, set[str]] = {
     "diagnose": {"attention", "residual", "routing", "loss", "length", "kv", "timing", "nonfinite"},
     "attention": {"attention", "loss", "nonfinite"},  # the loss tells untrained from broken
     "residual": {"residual", "loss", "nonfinite"},
-    "routing": {"routing", "nonfinite"},
+    "routing": {"routing", "loss", "nonfinite"},  # the loss tells an untrained model from a lost gate
     "extrapolation": {"length", "nonfinite"},
     "profile": {"timing"},
     # what `pytest probes/` (and `workbench check`) runs: every analyzer, no profiler trace

@@ -71,8 +71,9 @@ def analyze_records(recording: Recording | None, n_experts: int, profile: Profil
         if recording.loss is not None:
             sections["residual"]["loss"] = recording.loss.to_dict()
     if "routing" in wanted:
+        loss = recording.loss.mean if recording.loss is not None else None
         findings += routing_collapse.analyze(recording.routing, profile.thresholds.get(routing_collapse.NAME),
-                                             is_moe=n_experts > 0)
+                                             is_moe=n_experts > 0, loss_nats=loss, vocab_size=vocab_size)
         # a dense model's section is present and empty: routing ran and found no MoE layer
         sections["routing"] = recording.routing.to_dict() if recording.routing is not None else {"layers": []}
     return findings
