@@ -8,6 +8,7 @@ the checkpoint's config.json is one the workbench understands.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -87,12 +88,10 @@ class NnsightBackend:
                watch_nonfinite: bool) -> tuple[Recording, NonfiniteTensor | None]:
         model = loaded.module
         device = next(model.parameters()).device
-        first = None
-        with torch.no_grad():
+        # The watch's forward hooks fire inside the traced forward: one forward serves both.
+        watch = ModuleWatch(model) if watch_nonfinite else contextlib.nullcontext()
+        with torch.no_grad(), watch:
             recording = record_hf(model, tokens.to(device), attention=attention, residual=residual,
                                   routing=routing, loss=loss, patterns=patterns)
-            if watch_nonfinite:  # a second, plain forward: hooks on every module, in execution order
-                with ModuleWatch(model) as watch:
-                    model(tokens.to(device))
-                first = watch.first
+        first = watch.first if watch_nonfinite else None
         return recording, first
