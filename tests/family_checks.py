@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -194,3 +195,23 @@ def check_native_round_trip(model, folder: Path) -> None:
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens), model(tokens), atol=1e-6, rtol=1e-6)
+
+
+def family_pair(cases: dict) -> Any:
+    """A module fixture ``pair`` over ``cases``: (case, transformers model, our model loaded by the
+    real loader from the saved folder), one per case."""
+
+    @pytest.fixture(scope="module", params=sorted(cases))
+    def pair(request, tmp_path_factory):
+        case = cases[request.param]
+        return case, *load_pair(case, tmp_path_factory.mktemp(case.name))
+
+    return pair
+
+
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_logits_match_transformers(pair, path: str) -> None:
+    """Collected in each family module that imports it (with that module's ``pair``): full logits
+    on both attention paths within ATOL of transformers'."""
+    case, reference, model = pair
+    assert max_logit_error(case, reference, model, path) <= ATOL

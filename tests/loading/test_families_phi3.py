@@ -16,8 +16,9 @@ from family_checks import (
     check_hooks_fire_once,
     check_native_round_trip,
     check_nnsight_reads_and_writes,
-    load_pair,
+    family_pair,
     max_logit_error,
+    test_logits_match_transformers,  # noqa: F401 - collected here, with this module's pair
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,16 +48,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def pair(request, tmp_path_factory):
-    case = CASES[request.param]
-    return case, *load_pair(case, tmp_path_factory.mktemp(case.name))
-
-
-@pytest.mark.parametrize("path", ["sdpa", "explicit"])
-def test_logits_match_transformers(pair, path: str) -> None:
-    case, reference, model = pair
-    assert max_logit_error(case, reference, model, path) <= ATOL
+pair = family_pair(CASES)
 
 
 @pytest.mark.parametrize("path", ["sdpa", "explicit"])

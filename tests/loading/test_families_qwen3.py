@@ -8,16 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 from family_checks import (
-    ATOL,
     VOCAB,
     Case,
     check_cache_matches_full_forward,
     check_hooks_fire_once,
     check_native_round_trip,
     check_nnsight_reads_and_writes,
+    family_pair,
     init_weights,
-    load_pair,
-    max_logit_error,
+    test_logits_match_transformers,  # noqa: F401 - collected here, with this module's pair
 )
 
 import workbench
@@ -48,16 +47,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def pair(request, tmp_path_factory):
-    case = CASES[request.param]
-    return case, *load_pair(case, tmp_path_factory.mktemp(case.name))
-
-
-@pytest.mark.parametrize("path", ["sdpa", "explicit"])
-def test_logits_match_transformers(pair, path: str) -> None:
-    case, reference, model = pair
-    assert max_logit_error(case, reference, model, path) <= ATOL
+pair = family_pair(CASES)
 
 
 def test_config_and_parameters(pair) -> None:
