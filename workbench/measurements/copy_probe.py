@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import InputError
-from workbench.inputs import Tokenizer, natural_text_tokens, random_tokens
+from workbench.inputs import random_tokens
 
 
 def _check_positive(**sizes: int) -> None:
@@ -54,27 +54,10 @@ def copied_random_blocks(
 ) -> torch.Tensor:
     """:func:`copied_blocks` of fresh random ids (drawn as in :func:`workbench.inputs.random_tokens`), shape
     ``[batch, length]``. Random ids suit models trained on them; a real model copies text more
-    steadily than a stream of random vocabulary entries (:func:`copied_text_blocks`)."""
+    steadily than a stream of random vocabulary entries (the sweep copies corpus text for them)."""
     _check_positive(block_len=block_len, length=length, batch=batch)
     n_ids = -(-length // (2 * block_len)) * block_len
     return copied_blocks(random_tokens(vocab_size, n_ids, batch, seed, low, high), block_len, length)
-
-
-def copied_text_blocks(
-    tokenizer: Tokenizer | None,
-    block_len: int,
-    length: int,
-    batch: int = 1,
-    seed: int = 0,
-    vocab_size: int | None = None,
-) -> torch.Tensor:
-    """:func:`copied_blocks` of consecutive windows of the corpus (as :func:`workbench.inputs.natural_text_tokens`
-    reads it, from a seeded offset), shape ``[batch, length]``: each stretch of text is followed
-    by itself once, and the text moves on."""
-    _check_positive(block_len=block_len, length=length, batch=batch)
-    n_ids = -(-length // (2 * block_len)) * block_len
-    stream = natural_text_tokens(tokenizer, n_ids, batch, seed, vocab_size=vocab_size)
-    return copied_blocks(stream, block_len, length)
 
 
 def copy_targets(length: int, block_len: int) -> torch.Tensor:

@@ -58,12 +58,6 @@ def storage_bytes(elements: int, dtype: str) -> int:
     return -(-elements // block_elements) * block_bytes
 
 
-def element_bytes(dtype: str) -> float:
-    """Average bytes per element of ``dtype`` (4.5 / 8 for Q4_0)."""
-    block_bytes, block_elements = STORAGE_TYPES[storage_type(dtype)]
-    return block_bytes / block_elements
-
-
 def compute_dtype(config: DecoderConfig) -> str:
     """The float dtype activations (and by default the KV cache) use.
 
