@@ -65,8 +65,9 @@ class Backend(Protocol):
 
     name: str
 
-    def supports(self, concern: str, description: ModelDescription) -> bool:
-        """Whether this backend runs ``concern`` (a key of :data:`NOT_SUPPORTED`) on that model."""
+    def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
+        """Whether this backend runs ``concern`` (a key of :data:`NOT_SUPPORTED`) on that model
+        (``description`` None: before loading, on any model it may load)."""
         ...
 
     def planning_config(self, source: str | None) -> DecoderConfig | None:

@@ -19,7 +19,7 @@ class NativeBackend:
 
     name = "native"
 
-    def supports(self, concern: str, description: ModelDescription) -> bool:
+    def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
         return True
 
     def planning_config(self, source: str | None) -> DecoderConfig | None:

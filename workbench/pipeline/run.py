@@ -129,7 +129,7 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
                                  batch=int(profile.probes["batch"]), label=label,
                                  setting=f"the length sweep of {profile.path} [probes]")
     except ProbeTooLong as error:
-        if not error.largest_tokens or backend.name != "native":
+        if not error.largest_tokens or not backend.supports("timing"):  # the estimate times forwards
             raise
         say("timing short forwards to say how long the largest probe that fits would take")
         try:
@@ -138,7 +138,7 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
             raise error from None
         raise with_time_estimate(error, model) from None
     result = RunResult(report={})
-    if "timing" in wanted and backend.name == "native":
+    if "timing" in wanted and backend.supports("timing"):
         if options.trace_dir is not None:
             result.trace_dir = Path(options.trace_dir)
         else:

@@ -50,11 +50,11 @@ class NnsightBackend:
 
     name = "nnsight"
 
-    def supports(self, concern: str, description: ModelDescription) -> bool:
+    def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
         if concern in ("length", "timing"):
             return False
         if concern == "kv":
-            return description.decoder_config is not None
+            return description is not None and description.decoder_config is not None
         return True
 
     def planning_config(self, source: str | None) -> DecoderConfig | None:
