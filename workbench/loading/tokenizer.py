@@ -13,9 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer
-from transformers.utils import logging as hf_logging
-
 from workbench.errors import CheckpointError
 from workbench.loading import gguf
 from workbench.loading.sources import check_regular_file, first_line, read_json, resolve
@@ -51,6 +48,10 @@ def load_tokenizer(source: str | os.PathLike | None) -> Any | None:
 
 def _load(path: Path, label: str, **keywords: Any) -> Any:
     """AutoTokenizer on ``path``; any failure of the untrusted files is one CheckpointError line."""
+    # transformers (about a second to import) only when a tokenizer is read: `workbench kv` never does
+    from transformers import AutoTokenizer  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     folder = path.parent if keywords.get("gguf_file") else path
