@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -315,37 +314,13 @@ def test_build_rejects_unknown_members(tmp_path: Path) -> None:
 # --- the whole zoo (slow) --------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class BuiltZoo:
-    paths: dict[str, Path]  # member -> checkpoint folder
-    seconds: dict[str, float]  # member -> build seconds (wall), as reported to progress()
-    total_seconds: float  # the whole build_all (see --durations for the fixture's setup time)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltZoo:
-    """Every member built once, with its build time."""
-    events: list[zoo.BuildProgress] = []
-    start = time.perf_counter()
-    paths = zoo.build_all(tmp_path_factory.mktemp("zoo"), progress=events.append)
-    total = time.perf_counter() - start
-    # one event before and one after each member, in order
-    assert [(e.name, e.seconds is None) for e in events] == [
-        (name, before) for name in zoo.MEMBERS for before in (True, False)
-    ]
-    assert str(events[0]) == f"training unscaled-attention (1/{len(zoo.MEMBERS)})"
-    seconds = {e.name: e.seconds for e in events if e.seconds is not None}
-    assert all(e.path == paths[e.name] for e in events if e.seconds is not None)
-    return BuiltZoo(paths, seconds, total)
-
-
-@pytest.fixture(scope="module")
-def models(built: BuiltZoo) -> dict[str, HookedDecoder]:
+def models(built) -> dict[str, HookedDecoder]:
     return {name: workbench.load_model(path) for name, path in built.paths.items()}
 
 
 @pytest.mark.slow
-def test_every_member_builds_and_loads(built: BuiltZoo, models) -> None:
+def test_every_member_builds_and_loads(built, models) -> None:
     assert list(built.paths) == list(zoo.MEMBERS) == list(built.seconds)
     for name, path in built.paths.items():
         assert path.name == name

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def members(tmp_path_factory) -> dict[str, Path]:
-    return zoo.build_all(tmp_path_factory.mktemp("zoo"))
+def members(built) -> dict[str, Path]:
+    return built.paths  # conftest's session build, shared with test_zoo
 
 
 @pytest.fixture(scope="module")
