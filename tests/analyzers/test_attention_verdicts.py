@@ -164,6 +164,10 @@ def test_four_unscaled_heads_of_nine_fail_in_nearly_every_layer(bugged, healthy)
     assert len(layers) >= 27, layers  # a bugged head whose healthy spread was narrow can hide
     named = {h for f in findings if f["status"] == "fail" for h in f["details"]["runaway_heads"]}
     assert named <= {0, 2, 4, 6}  # only the heads that carry the bug
+    # 4 of 9 is under half a layer: each fail states the model-wide share that decided it
+    fails = [f for f in findings if f["status"] == "fail"]
+    assert {f["metric"] for f in fails} == {"model_saturated_head_fraction"}
+    assert all(f["value"] >= f["threshold"] == 0.1 for f in fails), fails[0]
 
 
 def test_unscaled_sink_heads_saturate_onto_the_first_token(bugged, healthy):

@@ -57,8 +57,8 @@ def test_copied_blocks_write_each_block_twice_and_mark_the_second_copy():
     assert tokens.shape == (2, 22)
     assert torch.equal(tokens[:, 4:8], tokens[:, 0:4]) and torch.equal(tokens[:, 12:16], tokens[:, 8:12])
     assert not torch.equal(tokens[:, 8:12], tokens[:, 0:4])  # a fresh block per pair
-    targets = copy_targets(22, 4)  # entry t: is token t + 1 a second copy?
-    assert targets.tolist() == [(t + 1) % 8 >= 4 for t in range(21)]
+    targets = copy_targets(22, 4)  # entry t: is token t + 1 in a second copy, past its first id?
+    assert targets.tolist() == [(t + 1) % 8 > 4 for t in range(21)]
     stream = torch.arange(12)[None]
     assert copied_blocks(stream, 3, 10).tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 5, 3]]
     assert copy_block_len(8192, 32) == 32 and copy_block_len(64, 32) == 16 and copy_block_len(4, 32) == 2

@@ -139,6 +139,8 @@ def test_members_and_twins() -> None:
         "byte-text",
         "flat-attention",
         "minority-unscaled",
+        "fp16-text",
+        "fp16-overflow",
     }
     twins = {name: spec.healthy_twin for name, spec in zoo.MEMBERS.items() if spec.healthy_twin}
     assert twins == {
@@ -150,6 +152,7 @@ def test_members_and_twins() -> None:
         "minority-unscaled": "byte-text",
         "rope-overclaimed": "rope-short",
         "rope-scaled-untuned": "rope-scaled-tuned",
+        "fp16-overflow": "fp16-text",
     }
     for name, spec in zoo.MEMBERS.items():
         assert spec.name == name and spec.config.name == name
@@ -168,6 +171,8 @@ def test_members_and_twins() -> None:
         ("flat-attention", "byte-text", set(), {"q_scale"}),  # the bug is written after training
         ("minority-unscaled", "byte-text", set(), {"q_scale", "q_scale_heads"}),
         ("rope-overclaimed", "rope-short", set(), {"claim"}),  # same weights, another claim
+        ("fp16-overflow", "fp16-text", set(), {"residual_scale"}),  # both stored in float16
+        ("fp16-text", "byte-text", set(), {"stored_dtype"}),
         ("rope-scaled-untuned", "rope-short", set(), {"claim"}),
         ("rope-scaled-untuned", "rope-scaled-tuned", {"rope_scaling"},
          {"claim", "task", "steps", "learning_rate", "warmup_steps", "start_from"}),
@@ -201,6 +206,8 @@ def test_ground_truth() -> None:
         "byte-text": ("attention_saturation", "saturated_layer", None),
         "flat-attention": ("attention_saturation", "flat_layer", "fail"),
         "minority-unscaled": ("attention_saturation", "saturated_layer", "fail"),
+        "fp16-text": ("nonfinite", "activations_float16", None),
+        "fp16-overflow": ("nonfinite", "activations_float16", "fail"),
     }
     for name, (analyzer, check, status) in expected.items():
         truth = zoo.ground_truth(name)
@@ -326,7 +333,8 @@ def test_every_member_builds_and_loads(built, models) -> None:
         assert path.name == name
         assert (path / "workbench.json").is_file() and (path / "model.safetensors").is_file()
         spec = zoo.MEMBERS[name]
-        assert models[name].config == spec.config.replace(**spec.claim)  # a claim only the saved config makes
+        # a claim, and the stored dtype, only the saved config makes
+        assert models[name].config == spec.config.replace(**spec.claim, dtype=spec.stored_dtype)
         provenance = json.loads((path / zoo.ZOO_FILE).read_text())
         assert provenance["member"] == name and provenance["steps"] == zoo.MEMBERS[name].steps
         assert 0 < provenance["build_seconds"] <= built.seconds[name] + 0.01  # it is rounded
@@ -403,6 +411,42 @@ def test_temperature_bugs_written_into_the_byte_model(models) -> None:
     torch.testing.assert_close(minority[0], torch.tensor([8.0, 1.0, 1.0, 1.0], dtype=minority.dtype), rtol=1e-3, atol=0)
     assert float(minority[1, 0]) > 4.0
     assert text_loss(models["minority-unscaled"]) > healthy
+
+
+FP16_MAX = torch.finfo(torch.float16).max  # 65,504
+
+
+def first_nonfinite_layer(model: HookedDecoder, tokens_BT: torch.Tensor) -> int | None:
+    """The first layer whose residual stream output holds a non-finite value (None: none)."""
+    finite: list[bool] = []
+
+    def keep(resid: torch.Tensor, hook: object) -> None:
+        finite.append(bool(torch.isfinite(resid).all()))
+
+    with torch.no_grad(), hooks(model, [(lambda name: name.endswith("hook_resid_post"), keep)]):
+        model(tokens_BT)
+    return next((layer for layer, ok in enumerate(finite) if not ok), None)
+
+
+@pytest.mark.slow
+def test_the_hot_residual_stream_overflows_only_in_float16(built, models) -> None:
+    from safetensors.torch import load_file
+
+    # In float32 both are byte-text: the pre-norms divide the 5,000x out again. Storing the
+    # weights in float16 rounds them by 2^-11 relative, which moves the loss by under 0.01 nats.
+    healthy = text_loss(models["byte-text"])
+    for name in ("fp16-text", "fp16-overflow"):
+        assert abs(text_loss(models[name]) - healthy) < 0.01, name
+        stored = load_file(str(built.paths[name] / "model.safetensors"))
+        assert {t.dtype for t in stored.values()} == {torch.float16}
+        assert all(bool(torch.isfinite(t).all()) for t in stored.values())  # every weight storable
+    assert float(load_file(str(built.paths["fp16-overflow"] / "model.safetensors"))["embed.weight"].abs().max()) > 5e3
+    # in float16 the hot stream overflows at layer 0; its twin stays finite
+    tokens = analyzer_probe("natural")
+    half = {name: workbench.load_model(built.paths[name], dtype=torch.float16) for name in ("fp16-text", "fp16-overflow")}
+    assert first_nonfinite_layer(half["fp16-text"], tokens) is None
+    assert first_nonfinite_layer(half["fp16-overflow"], tokens) == 0
+    assert first_nonfinite_layer(models["fp16-overflow"], tokens) is None  # float32: finite
 
 
 ROUTED = ("natural", "structured", "repeated", "random")  # the inputs the pipeline routes

@@ -144,6 +144,7 @@ def layer_metrics(state: LayerRouting, by_input: dict[str, LayerRouting], t: dic
     fair_first = 1.0 / E
     return {
         "tokens": N,
+        "top_k": k,
         "inputs": {kind: s.tokens for kind, s in kinds.items()},
         "load_share": [round(float(x), 6) for x in slot_share],
         "coverage": [round(float(x), 6) for x in coverage],
@@ -260,8 +261,10 @@ def _first_choice(m, E, N, t, untrained, tokens, finding, layer) -> Finding:
     if chance >= t["significance"]:
         return finding("first_choice", "skip", f"{said}, but a uniform router does that with probability "
                        f"{min(chance, 1.0):.2g} at this many tokens: too few to tell", **common)  # fmt: skip
-    return finding("first_choice", "fail", f"{said}: routing collapsed onto one expert (the other "
-                   "experts only ever come second)", fix=FIX_COLLAPSE, **common)  # fmt: skip
+    rest = ("the others share what is left" if m["top_k"] == 1 else
+            "the others are mostly picked second, at the smaller weight")
+    return finding("first_choice", "fail", f"{said}: routing collapsed onto one expert ({rest})",
+                   fix=FIX_COLLAPSE, **common)  # fmt: skip
 
 
 def _dead(m, E, k, N, t, tokens, finding, layer) -> Finding:

@@ -125,7 +125,10 @@ def analyze(
                 continue
             layer_broken = len(heads) / record.n_heads >= t["layer_fraction"]
             status = "fail" if heads and (systemic or layer_broken) else ("warn" if heads else "pass")
-            findings.append(_layer_finding(record, metrics, kinds, layer, heads, kind, check, status, fix, t))
+            # the rule that decided, as the finding's metric: the layer's share, or the model's
+            model_wide = (round(int(broken.sum()) / n_heads, 4) if systemic and not layer_broken else None)
+            findings.append(_layer_finding(record, metrics, kinds, layer, heads, kind, check, status, fix, t,
+                                           model_wide))
     if at_chance and bool(kinds["flat"].any()):
         findings.append(Finding(
             NAME, "flat_layer", "skip",
@@ -144,8 +147,13 @@ def _details(metrics: dict[str, torch.Tensor], layer: int, head: int) -> dict[st
 
 
 def _layer_finding(record: AttentionRecord, metrics, kinds, layer: int, heads: list[int], kind: str,
-                   check: str, status: str, fix: str, t: dict[str, float]) -> Finding:
-    """One finding per layer and kind: the broken heads it holds (pass when none)."""
+                   check: str, status: str, fix: str, t: dict[str, float],
+                   model_wide: float | None = None) -> Finding:
+    """One finding per layer and kind: the broken heads it holds (pass when none).
+
+    ``model_wide``: the model's broken-head fraction when that, not this layer's share, is what
+    fails the layer (a minority of heads broken in many layers); the finding then reports it
+    against ``broken_head_fraction``."""
     where = Where(layer=layer, sublayer="attn")
     share = round(len(heads) / record.n_heads, 4)
     spread = metrics["logit_std"][layer]
@@ -185,11 +193,16 @@ def _layer_finding(record: AttentionRecord, metrics, kinds, layer: int, heads: l
         )
         metric = "flat_head_fraction"
     message += seen
+    value, threshold = share, t["layer_fraction"]
     if status == "warn":
         message += " Too few heads to call it a model-wide bug; worth a look."
+    elif model_wide is not None:
+        message += (f" A minority here, but {model_wide:.0%} of the model's heads are broken this way "
+                    f"(limit {t['broken_head_fraction']:.0%}): a model-wide bug.")
+        metric, value, threshold = f"model_{metric}", model_wide, t["broken_head_fraction"]
     return Finding(
         NAME, check, status, message, where=Where(layer=layer, head=worst, sublayer="attn"), metric=metric,
-        value=share, threshold=t["layer_fraction"], fix=fix + f" (the model uses {record.scale:.3g})",
+        value=value, threshold=threshold, fix=fix + f" (the model uses {record.scale:.3g})",
         details={f"{kind}_heads": heads, **_details(metrics, layer, worst)},
     )
 

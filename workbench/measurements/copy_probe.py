@@ -62,7 +62,12 @@ def copied_random_blocks(
 
 def copy_targets(length: int, block_len: int) -> torch.Tensor:
     """Which next-token targets of :func:`copied_random_blocks` are predictable: a bool
-    ``[length - 1]`` where entry ``t`` says whether token ``t + 1`` lies in a second copy."""
+    ``[length - 1]`` where entry ``t`` says whether token ``t + 1`` lies in a second copy, past
+    its first id.
+
+    The first id of a second copy follows the last id of a fresh first copy, which nothing in the
+    context has preceded before: a model that copies by content (an induction head) cannot know
+    the copy starts there. Only the ids after it continue a sequence seen ``block_len`` back."""
     _check_positive(block_len=block_len, length=length)
     position = torch.arange(1, length)
-    return (position % (2 * block_len)) >= block_len
+    return (position % (2 * block_len)) > block_len

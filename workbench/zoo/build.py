@@ -15,7 +15,13 @@ from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
 from workbench.zoo.recipe import ZooSpec
 from workbench.zoo.specs import MEMBERS, RESET_ROUTER_STD, _spec
-from workbench.zoo.training import _init_weights, _train, _training_threads, _write_q_scale
+from workbench.zoo.training import (
+    _init_weights,
+    _train,
+    _training_threads,
+    _write_q_scale,
+    _write_residual_scale,
+)
 
 ZOO_FILE = "zoo.json"
 # Trained weights by everything that determines them: build_all shares one between members.
@@ -70,6 +76,11 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
         with torch.no_grad():
             for block in model.blocks:
                 block.mlp.router.weight.normal_(0.0, RESET_ROUTER_STD)
+    if spec.residual_scale != 1.0:
+        _write_residual_scale(model, spec.residual_scale)
+    if spec.stored_dtype != "float32":
+        model.to(getattr(torch, spec.stored_dtype))
+        model.config = model.config.replace(dtype=spec.stored_dtype)
     path = save_checkpoint(model, Path(folder) / name)
     provenance = {
         "member": name,

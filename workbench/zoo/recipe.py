@@ -56,6 +56,10 @@ class ZooSpec:
     claim: dict[str, object] = field(default_factory=dict)
     start_from: str | None = None  # fine-tune this member's trained weights (same shapes)
     reset_router: bool = False  # after training, re-initialise every router (a lost gate tensor)
+    # After training: the embedding and every write to the residual stream times residual_scale,
+    # so the stream runs that much hotter; pre-norms make the function the same (1.0 = none).
+    residual_scale: float = 1.0
+    stored_dtype: str = "float32"  # the dtype the checkpoint's tensors are saved in
 
 
 def _config(name: str, **changes: object) -> DecoderConfig:

@@ -79,6 +79,25 @@ def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] |
                     attn.q.bias[rows] *= factor
 
 
+def _write_residual_scale(model: HookedDecoder, factor: float) -> None:
+    """Multiply the token embedding and every write to the residual stream (attention's output
+    projection, the MLP's down projection, with their biases) by ``factor``.
+
+    Every residual stream is then ``factor`` times larger; the pre-norms in front of each
+    sublayer and the unembedding divide it out again, so the function is unchanged (but for the
+    norms' epsilon) while its activations run ``factor`` times hotter."""
+    config = model.config
+    if config.n_experts or config.post_norms or config.embed_norm or config.positions == "learned":
+        raise ValueError("residual_scale is written only into dense pre-norm models without a position table")
+    with torch.no_grad():
+        model.embed.weight *= factor
+        for block in model.blocks:
+            for linear in (block.attn.o, block.mlp.w_out):
+                linear.weight *= factor
+                if linear.bias is not None:
+                    linear.bias *= factor
+
+
 def _balance_loss(router_logits: list[torch.Tensor], n_experts: int) -> torch.Tensor:
     """Switch Transformer's E * sum_i f_i * P_i, averaged over MoE layers.
 
