@@ -141,6 +141,8 @@ def test_members_and_twins() -> None:
         "minority-unscaled",
         "fp16-text",
         "fp16-overflow",
+        "sink-text",
+        "sink-unscaled",
     }
     twins = {name: spec.healthy_twin for name, spec in zoo.MEMBERS.items() if spec.healthy_twin}
     assert twins == {
@@ -153,6 +155,7 @@ def test_members_and_twins() -> None:
         "rope-overclaimed": "rope-short",
         "rope-scaled-untuned": "rope-scaled-tuned",
         "fp16-overflow": "fp16-text",
+        "sink-unscaled": "sink-text",
     }
     for name, spec in zoo.MEMBERS.items():
         assert spec.name == name and spec.config.name == name
@@ -173,6 +176,7 @@ def test_members_and_twins() -> None:
         ("rope-overclaimed", "rope-short", set(), {"claim"}),  # same weights, another claim
         ("fp16-overflow", "fp16-text", set(), {"residual_scale"}),  # both stored in float16
         ("fp16-text", "byte-text", set(), {"stored_dtype"}),
+        ("sink-unscaled", "sink-text", set(), {"q_scale", "q_scale_heads", "q_scale_layers"}),
         ("rope-scaled-untuned", "rope-short", set(), {"claim"}),
         ("rope-scaled-untuned", "rope-scaled-tuned", {"rope_scaling"},
          {"claim", "task", "steps", "learning_rate", "warmup_steps", "start_from"}),
@@ -208,6 +212,8 @@ def test_ground_truth() -> None:
         "minority-unscaled": ("attention_saturation", "saturated_layer", "fail"),
         "fp16-text": ("nonfinite", "activations_float16", None),
         "fp16-overflow": ("nonfinite", "activations_float16", "fail"),
+        "sink-text": ("attention_saturation", "saturated_layer", None),
+        "sink-unscaled": ("attention_saturation", "saturated_layer", "fail"),
     }
     for name, (analyzer, check, status) in expected.items():
         truth = zoo.ground_truth(name)
@@ -411,6 +417,44 @@ def test_temperature_bugs_written_into_the_byte_model(models) -> None:
     torch.testing.assert_close(minority[0], torch.tensor([8.0, 1.0, 1.0, 1.0], dtype=minority.dtype), rtol=1e-3, atol=0)
     assert float(minority[1, 0]) > 4.0
     assert text_loss(models["minority-unscaled"]) > healthy
+
+
+def first_token_mass(model: HookedDecoder, tokens_BT: torch.Tensor) -> torch.Tensor:
+    """``(layers, heads)``: mean attention weight on token 0 over queries >= FIRST_QUERY."""
+    masses = []
+
+    def keep(pattern_BHQK: torch.Tensor, hook: object) -> None:
+        masses.append(pattern_BHQK[:, :, FIRST_QUERY:, 0].float().mean(dim=(0, 2)))
+
+    with torch.no_grad(), hooks(model, [(lambda name: name.endswith("attn.hook_pattern"), keep)]):
+        model(tokens_BT)
+    return torch.stack(masses)
+
+
+@pytest.mark.slow
+def test_a_learned_sink_and_the_same_sink_without_its_scale(models) -> None:
+    tokens = analyzer_probe("natural")
+    sink, bugged = models["sink-text"], models["sink-unscaled"]
+    # the twin: head (1, 0) parks most of its weight on token 0 (the sink loss asked for 70%),
+    # no other head does, and the text barely notices (measured: +0.015 nats over byte-text)
+    mass = first_token_mass(sink, tokens)
+    assert 0.5 <= float(mass[1, 0]) <= 0.9, mass
+    others = torch.ones_like(mass, dtype=torch.bool)
+    others[1, 0] = False
+    assert float(mass[others].max()) < 0.1
+    assert abs(text_loss(sink) - text_loss(models["byte-text"])) < 0.1
+    # at a healthy scale: the sink's logits no wider than 1.5x byte-text's widest head
+    spread = head_logit_spread(sink, tokens)
+    assert float(spread[1, 0]) < 1.5 * float(head_logit_spread(models["byte-text"], tokens).max())
+    # the bug multiplies exactly that head's logits by 8 (layer 1's input is unchanged) and makes
+    # it one-hot on token 0; the loss moves little (+0.004 nats): a sink is a near no-op
+    ratio = head_logit_spread(bugged, tokens) / spread
+    expected = torch.ones_like(ratio)
+    expected[1, 0] = 8.0
+    torch.testing.assert_close(ratio, expected, rtol=1e-3, atol=0)
+    assert float(first_token_mass(bugged, tokens)[1, 0]) > float(mass[1, 0])
+    assert float(attention_stats(bugged, tokens)["max_prob"][1, 0]) > 0.95
+    assert text_loss(bugged) > text_loss(sink)
 
 
 FP16_MAX = torch.finfo(torch.float16).max  # 65,504

@@ -56,6 +56,15 @@ def test_every_healthy_member_gets_no_fail(name, reports):
     assert fails == []
 
 
+def test_a_healthy_sink_is_info_and_the_same_head_unscaled_fails_on_the_first_token(reports):
+    sinks = [f for f in reports["sink-text"]["findings"] if f["check"] == "sink_heads"]
+    assert [(f["status"], f["where"]["layer"], f["where"]["head"]) for f in sinks] == [("info", 1, 0)]
+    fails = [f for f in reports["sink-unscaled"]["findings"] if f["status"] == "fail"]
+    assert [(f["check"], f["where"]["layer"], f["where"]["head"]) for f in fails] == [("saturated_layer", 1, 0)]
+    assert "one-hot on the first token" in fails[0]["message"]
+    assert not [f for f in reports["sink-unscaled"]["findings"] if f["check"] == "sink_heads"]
+
+
 @pytest.mark.parametrize("name", [n for n, spec in zoo.MEMBERS.items() if spec.expect.status == "warn"])
 def test_every_honest_limit_is_a_warn_not_a_fail(name, reports):
     truth = zoo.ground_truth(name)

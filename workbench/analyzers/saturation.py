@@ -172,10 +172,12 @@ def _layer_finding(record: AttentionRecord, metrics, kinds, layer: int, heads: l
     if kind == "runaway":
         worst = max(heads, key=lambda h: float(spread[h]))
         on_first = [h for h in heads if metrics["sink_mass"][layer, h] >= t["sink_mass"]]
-        target = (f"; {len(on_first)} of them one-hot on the first token, which a healthy sink's "
-                  "logits never are this wide" if on_first else "")
+        target = ("; " + ("it is" if len(heads) == 1 else f"{len(on_first)} of them are")
+                  + " one-hot on the first token, which a healthy sink's logits never are this wide"
+                  if on_first else "")
         message = (
-            f"layer {layer}: {len(heads)} of {record.n_heads} heads have runaway logits and collapsed attention "
+            f"layer {layer}: {len(heads)} of {record.n_heads} heads {'has' if len(heads) == 1 else 'have'} "
+            "runaway logits and collapsed attention "
             f"(head {worst}: median logit std {float(spread[worst]):.1f} > {t['max_logit_std']:g}, "
             f"top-two gap {float(metrics['logit_gap'][layer, worst]):.1f} nats, one-hot at "
             f"{float(metrics['onehot_fraction'][layer, worst]):.0%} of positions, normalised entropy "
@@ -186,7 +188,8 @@ def _layer_finding(record: AttentionRecord, metrics, kinds, layer: int, heads: l
     else:
         worst = min(heads, key=lambda h: float(spread[h]))
         message = (
-            f"layer {layer}: {len(heads)} of {record.n_heads} heads are flat (head {worst}: "
+            f"layer {layer}: {len(heads)} of {record.n_heads} heads {'is' if len(heads) == 1 else 'are'} flat "
+            f"(head {worst}: "
             f"normalised entropy {float(metrics['entropy_norm'][layer, worst]):.2f}, median logit std "
             f"{float(spread[worst]):.2f} < {t['min_logit_std']:g}). Logits sqrt(d_head) = {factor:.1f} "
             "times too narrow are what a 1/d_head scale gives."

@@ -33,7 +33,7 @@ def _trained(spec: ZooSpec, steps: int, seed: int, cache: TrainedCache) -> tuple
     and its last batch loss. With a shared ``cache``, members that differ only in name and claim
     train once."""
     key = (spec.config.replace(name=""), spec.task, steps, spec.learning_rate, spec.warmup_steps,
-           spec.init, spec.balance_loss, spec.start_from, seed)
+           spec.init, spec.balance_loss, spec.start_from, spec.sink_head, spec.sink_mass, seed)
     base = None
     if spec.start_from is not None and key not in cache:
         base_spec = _spec(spec.start_from)
@@ -68,7 +68,7 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
     start = time.perf_counter()
     model, final_loss = _trained(spec, steps, seed, {} if cache is None else cache)
     if spec.q_scale != 1.0:  # after training (and outside the cache: twins share the trained weights)
-        _write_q_scale(model, spec.q_scale, spec.q_scale_heads)
+        _write_q_scale(model, spec.q_scale, spec.q_scale_heads, spec.q_scale_layers)
     if spec.claim:
         model.config = model.config.replace(**spec.claim)
         model.reset_buffers()

@@ -52,6 +52,12 @@ class ZooSpec:
     # within a head). 1.0 = none.
     q_scale: float = 1.0
     q_scale_heads: tuple[int, ...] | None = None
+    q_scale_layers: tuple[int, ...] | None = None  # None: every layer
+    # A learned attention sink (StreamingLLM trains one in): while training, an auxiliary loss
+    # (coefficient 1) pulls the mean first-token weight of head ``sink_head = (layer, head)``,
+    # over queries that see at least 9 keys, to ``sink_mass``.
+    sink_head: tuple[int, int] | None = None
+    sink_mass: float = 0.7
     # config changes written into the saved checkpoint only: a claim the training never saw
     claim: dict[str, object] = field(default_factory=dict)
     start_from: str | None = None  # fine-tune this member's trained weights (same shapes)

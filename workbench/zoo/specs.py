@@ -348,6 +348,51 @@ MEMBERS: dict[str, ZooSpec] = {
             task=_COPY,
         ),
         ZooSpec(
+            name="sink-text",
+            description=(
+                "byte-text fine-tuned 200 steps on the same text with a learned attention sink: an "
+                "auxiliary loss pulls layer 1 head 0's weight on the first token to 70% (tiny "
+                "models trained on a million tokens grow no sinks of their own; real ones do, "
+                "SmolLM2 has 84). A healthy sink: most weight on token 0 at a healthy logit "
+                "scale. The healthy twin of sink-unscaled."
+            ),
+            config=_config("sink-text", **_TEXT_HEADS),
+            expect=GroundTruth("attention_saturation", "saturated_layer", None),
+            task=TextTask(),
+            steps=200,
+            learning_rate=2e-3,
+            warmup_steps=20,
+            start_from="byte-text",
+            sink_head=(1, 0),
+        ),
+        ZooSpec(
+            name="sink-unscaled",
+            description=(
+                "sink-text with its sink head (layer 1 head 0) missing its 1/sqrt(d_head): W_q "
+                "multiplied by sqrt(64) = 8 after training. The head goes one-hot on the first "
+                "token, where the healthy sink also parks its weight: only the logits (8x wider "
+                "than any healthy head's) tell the broken head from the sink."
+            ),
+            config=_config("sink-unscaled", **_TEXT_HEADS),
+            expect=GroundTruth(
+                "attention_saturation",
+                "saturated_layer",
+                "fail",
+                (Where(layer=1, head=0, sublayer="attn"),),
+                note="layer 1 head 0: one-hot on token 0 with 8x the sink's logit spread",
+            ),
+            healthy_twin="sink-text",
+            task=TextTask(),
+            steps=200,
+            learning_rate=2e-3,
+            warmup_steps=20,
+            start_from="byte-text",
+            sink_head=(1, 0),
+            q_scale=8.0,
+            q_scale_heads=(0,),
+            q_scale_layers=(1,),
+        ),
+        ZooSpec(
             name="fp16-text",
             description=(
                 "byte-text's trained weights stored in float16, as many checkpoints ship: its "

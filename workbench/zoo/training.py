@@ -17,6 +17,7 @@ from workbench.zoo.recipe import InitKind, ZooSpec
 from workbench.zoo.tasks import DOMAIN_IDS
 
 TRAINING_THREADS = 1
+SINK_FIRST_QUERY = 8  # the sink loss reads queries from here on (the analyzer's skip_positions)
 
 
 @contextlib.contextmanager
@@ -67,11 +68,15 @@ def _init_weights(model: HookedDecoder, init: InitKind) -> None:
                 router_ED[:2] -= u
 
 
-def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] | None) -> None:
-    """Multiply the W_q rows (and bias) of ``heads`` (None: all) in every layer by ``factor``."""
+def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] | None,
+                   layers: tuple[int, ...] | None = None) -> None:
+    """Multiply the W_q rows (and bias) of ``heads`` (None: all) in ``layers`` (None: every
+    layer) by ``factor``."""
     d_head = model.config.d_head
     with torch.no_grad():
-        for attn in model.attention_modules():
+        for layer, attn in enumerate(model.attention_modules()):
+            if layers is not None and layer not in layers:
+                continue
             for head in range(model.config.n_heads) if heads is None else heads:
                 rows = slice(head * d_head, (head + 1) * d_head)
                 attn.q.weight[rows] *= factor
@@ -125,12 +130,21 @@ def _train(model: HookedDecoder, spec: ZooSpec, generator: torch.Generator, step
     capture = (
         [(lambda name: name.endswith("mlp.hook_router_logits"), keep_logits)] if spec.balance_loss else []
     )
+    sink_mass: list[torch.Tensor] = []
+    if spec.sink_head is not None:
+        sink_layer, sink = spec.sink_head
+
+        def keep_sink(pattern_BHQK: torch.Tensor, hook: object) -> None:
+            sink_mass.append(pattern_BHQK[:, sink, SINK_FIRST_QUERY:, 0].mean())
+
+        capture.append((f"blocks.{sink_layer}.attn.hook_pattern", keep_sink))
     model.train()
     loss = torch.tensor(float("nan"))
     with hooks(model, capture):
         for step in range(steps):
             tokens_BT, first = spec.task.sample(vocab, generator)
             router_logits.clear()
+            sink_mass.clear()
             logits_BTV = model(tokens_BT)
             # position t predicts t + 1; only targets from `first` on carry loss
             predicted = logits_BTV[:, first - 1 : -1].reshape(-1, vocab)
@@ -138,6 +152,8 @@ def _train(model: HookedDecoder, spec: ZooSpec, generator: torch.Generator, step
             total = loss
             if spec.balance_loss:
                 total = loss + spec.balance_loss * _balance_loss(router_logits, model.config.n_experts)
+            if sink_mass:
+                total = total + (sink_mass[0] - spec.sink_mass) ** 2
             warmup = min(1.0, (step + 1) / spec.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = spec.learning_rate * warmup * 0.5 * (1.0 + math.cos(math.pi * step / steps))
