@@ -34,6 +34,9 @@ RESET_ROUTER_STD = 0.02
 
 
 _BOTH_LAYERS = range(2)
+# The sink pair's shared training: byte-text fine-tuned with a learned sink in layer 1 head 0.
+_SINK_TRAINING: dict = dict(task=TextTask(), steps=200, learning_rate=2e-3, warmup_steps=20,
+                            start_from="byte-text", sink_head=(1, 0))
 
 
 _PAST_CONTEXT = (TRAINED_CONTEXT, 8 * TRAINED_CONTEXT)
@@ -358,12 +361,7 @@ MEMBERS: dict[str, ZooSpec] = {
             ),
             config=_config("sink-text", **_TEXT_HEADS),
             expect=GroundTruth("attention_saturation", "saturated_layer", None),
-            task=TextTask(),
-            steps=200,
-            learning_rate=2e-3,
-            warmup_steps=20,
-            start_from="byte-text",
-            sink_head=(1, 0),
+            **_SINK_TRAINING,
         ),
         ZooSpec(
             name="sink-unscaled",
@@ -382,12 +380,7 @@ MEMBERS: dict[str, ZooSpec] = {
                 note="layer 1 head 0: one-hot on token 0 with 8x the sink's logit spread",
             ),
             healthy_twin="sink-text",
-            task=TextTask(),
-            steps=200,
-            learning_rate=2e-3,
-            warmup_steps=20,
-            start_from="byte-text",
-            sink_head=(1, 0),
+            **_SINK_TRAINING,
             q_scale=8.0,
             q_scale_heads=(0,),
             q_scale_layers=(1,),
