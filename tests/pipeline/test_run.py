@@ -128,9 +128,12 @@ def test_sliding_window_past_the_window_and_length_one(tmp_path):
 
 def start_and_wait_for_sweep(argv: list[str]) -> subprocess.Popen:
     """Start the CLI and return once it reports a length-sweep step on stderr."""
+    # SIGINT as a terminal's foreground job has it: a run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then installs no handler for it
     process = subprocess.Popen([sys.executable, "-c", "import cli; cli.main()", *argv], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     for line in process.stderr:
         if "probe," in line:  # "... natural probe, 1024 tokens"
