@@ -316,7 +316,7 @@ def zoo_build(
     only: Annotated[list[str] | None, typer.Option(help="Build only these members.")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
 ) -> None:
-    """Train the zoo on CPU (tiny models, about a minute in all) into FOLDER."""
+    """Train the zoo on CPU (tiny models, about two minutes in all) into FOLDER."""
     from workbench import zoo
 
     names = list(only) if only else list(zoo.MEMBERS)

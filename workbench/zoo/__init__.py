@@ -1,7 +1,7 @@
 """The zoo: tiny checkpoints with known pathologies, and their healthy twins.
 
 Each member is a small decoder (2 layers, d_model 64, vocabulary 128) trained on CPU from a fixed
-seed in about 10-20 seconds on a synthetic task, and saved as a workbench checkpoint
+seed in seconds (the longest, about 20) on a synthetic task, and saved as a workbench checkpoint
 (``workbench.json`` + ``model.safetensors``, plus ``zoo.json`` saying how it was made). They
 are the analyzers' ground truth: each pathological member has a healthy twin that differs only
 in the cause of the pathology, and :func:`ground_truth` says which analyzer must flag what, where.

@@ -122,7 +122,7 @@ def build_all(
     *,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Build ``names`` (default: every member, about 1.5 CPU-minutes) as ``folder/<name>``.
+    """Build ``names`` (default: every member, about 2 CPU-minutes) as ``folder/<name>``.
 
     Unknown names raise KeyError before anything is trained. ``progress`` is called before and
     after each member.
