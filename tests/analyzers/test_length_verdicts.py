@@ -142,7 +142,7 @@ def test_a_run_that_cannot_reach_the_claim_says_not_verified_and_how():
     rec.skipped_lengths = [16384]
     findings = length_extrapolation.analyze(rec)
     skip = only(findings, "beyond_context")
-    assert skip.status == "skip" and skip.message.startswith("not verified the claim")
+    assert skip.status == "skip" and skip.message.startswith("claim not verified:")
     assert "--tokens 16384" in skip.fix and "16,384" in skip.message
     assert only(findings, "loss_within_claim_natural").status == "pass"
 

@@ -326,11 +326,11 @@ def _not_verified(record: LengthRecord, curves: dict[str, Curve], judged: dict[s
     if longest > record.boundary or not judged:
         return []
     boundary = record.boundary
-    reach = "the claim" if longest < boundary else "past the claim"
+    reach = "claim not verified" if longest < boundary else "not verified past the claim"
     skipped = [n for n in record.skipped_lengths if n > longest]
     return [Finding(
         NAME, "beyond_context", "skip",
-        f"not verified {reach}: the longest probe was {longest:,} tokens and the model claims {boundary:,}"
+        f"{reach}: the longest probe was {longest:,} tokens and the model claims {boundary:,}"
         + (f" ({', '.join(f'{n:,}' for n in skipped)} tokens exceed this run's longest probe)" if skipped else "")
         + f"; to verify, run `workbench extrapolation --tokens {2 * boundary}` (or --profile long).",
         where=Where(positions=(longest, boundary)), metric="longest_probe", value=float(longest),
