@@ -332,12 +332,22 @@ def zoo_build(
 
 
 @zoo_app.command("list")
-def zoo_list() -> None:
-    """List the zoo members and what each one demonstrates."""
+def zoo_list(
+    details: Annotated[bool, typer.Option("--details", "-d",
+                                          help="Also print how each member was made and what was measured on it.")] = False,
+) -> None:
+    """List the zoo members: the verdict each must get, from which check, where, and its twin."""
     from workbench import zoo
+    from workbench.report.zoo_terminal import zoo_tables
 
+    for table in zoo_tables(zoo.MEMBERS):
+        out.print(table, highlight=False)
+        out.print()
+    if not details:
+        out.print("[dim]--details: how each member was made and what was measured on it[/]", highlight=False)
+        return
     for name, spec in zoo.MEMBERS.items():
-        out.print(f"[bold]{name}[/]: {spec.description}", highlight=False)
+        out.print(f"\n[bold]{name}[/]: {spec.description}", highlight=False)
 
 
 @app.command()

@@ -123,6 +123,10 @@ def test_devices_profiles_and_zoo_list():
     assert profiles.exit_code == 0 and "default" in profiles.stdout and "llama-3.1-8b" in profiles.stdout
     zoo = invoke("zoo", "list")
     assert zoo.exit_code == 0 and "unscaled-attention" in zoo.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in zoo.stdout.splitlines() if line.strip()}
+    assert rows["sink-unscaled"][0] == "fail" and rows["sink-text"][:2] == ["no", "fail"]
+    assert "Attention logits q.k" not in zoo.stdout  # the descriptions only with --details
+    assert "Attention logits q.k" in invoke("zoo", "list", "--details").stdout
 
 
 def test_help_does_not_import_torch():
