@@ -45,6 +45,7 @@ import torch
 from workbench.analyzers import merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.routing import LayerRouting, RoutingRecord
+from workbench.units import plural
 
 NAME = "routing_collapse"
 
@@ -75,6 +76,20 @@ def thresholds_from(profile_values: dict[str, Any] | None) -> dict[str, float]:
     return merged_thresholds(NAME, profile_values)
 
 
+def _binomial_tail(n: int, p: float, counts: range) -> float:
+    """Sum of the Binomial(n, p) probabilities of ``counts``, walked away from the mean (terms
+    shrink, so the walk stops once they no longer add anything)."""
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in counts:
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                        + (n - i) * log_q)  # fmt: skip
+        total += term
+        if term < 1e-18 * total:
+            break
+    return min(total, 1.0)
+
+
 def binomial_le(n: int, p: float, count: float) -> float:
     """P(X <= count) for X ~ Binomial(n, p); 1.0 when count is at or above the mean (no evidence)."""
     c = math.floor(count)
@@ -84,15 +99,7 @@ def binomial_le(n: int, p: float, count: float) -> float:
         return 1.0
     if p >= 1.0:
         return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    total = 0.0
-    for i in range(c, -1, -1):  # terms shrink away from the mean
-        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
-                        + (n - i) * log_q)  # fmt: skip
-        total += term
-        if term < 1e-18 * total:
-            break
-    return min(total, 1.0)
+    return _binomial_tail(n, p, range(c, -1, -1))
 
 
 def binomial_ge(n: int, p: float, count: float) -> float:
@@ -104,24 +111,23 @@ def binomial_ge(n: int, p: float, count: float) -> float:
         return 1.0
     if p <= 0.0:
         return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    total = 0.0
-    for i in range(c, n + 1):
-        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
-                        + (n - i) * log_q)  # fmt: skip
-        total += term
-        if term < 1e-18 * total:
-            break
-    return min(total, 1.0)
+    return _binomial_tail(n, p, range(c, n + 1))
+
+
+def uniform_dead_chance(n_tokens: int, n_experts: int, top_k: int, dead_share: float) -> float:
+    """How likely a uniform router leaves some expert under ``dead_share`` of its fair coverage at
+    ``n_tokens`` (a Bonferroni bound over the experts): the dead-expert and balance verdicts need
+    it under the profile's ``significance``."""
+    fair = top_k / n_experts
+    return n_experts * binomial_le(n_tokens, fair, dead_share * fair * n_tokens - 1e-9)
 
 
 def tokens_to_tell_dead(n_experts: int, top_k: int, dead_share: float, significance: float) -> int:
     """The fewest tokens at which a uniform router leaves no expert under the dead threshold
     (with probability ``1 - significance``)."""
-    fair = top_k / n_experts
     n = 1
     while n < 10**7:
-        if n_experts * binomial_le(n, fair, dead_share * fair * n - 1e-9) < significance:
+        if uniform_dead_chance(n, n_experts, top_k, dead_share) < significance:
             return n
         n *= 2
     return n
@@ -194,7 +200,7 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
     chance = math.log(vocab_size) - t["chance_margin"] if vocab_size else None
     at_chance = loss_nats is not None and chance is not None and loss_nats >= chance
     inputs = ", ".join(f"{kind} {n}" for kind, n in m["inputs"].items())
-    tokens = f"{N:,} token{'s' if N != 1 else ''} ({inputs})"
+    tokens = f"{plural(N, 'token')} ({inputs})"
 
     def finding(check: str, status: str, message: str, **extra: Any) -> Finding:
         # each check keeps the per-expert numbers it judged (report.json stays small at many experts)
@@ -221,11 +227,11 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
                    value=round(m["router_entropy_norm"], 4), threshold=t["max_router_entropy"],
                    fix=FIX_UNTRAINED if entropy_status == "fail" else None)]
     out.append(_first_choice(m, E, N, t, untrained, tokens, finding, layer))
-    out.append(_dead(m, E, k, N, t, tokens, finding, layer))
+    too_few = uniform_dead_chance(N, E, k, t["dead_share"]) >= t["significance"]
+    out.append(_dead(m, E, k, too_few, t, tokens, finding, layer))
     out.append(_overload(m, E, k, N, t, tokens, finding, layer))
     balance = m["balance_loss"]
-    fair = k / E
-    if E * binomial_le(N, fair, t["dead_share"] * fair * N - 1e-9) >= t["significance"]:
+    if too_few:
         out.append(finding("balance_loss", "skip", f"balance loss {balance:.2f} on {tokens}: too few to tell "
                            "(a uniform router's is as far from 1 at this many tokens)", where=where,
                            metric="balance_loss", value=round(balance, 4), threshold=t["max_balance_loss"]))
@@ -267,12 +273,12 @@ def _first_choice(m, E, N, t, untrained, tokens, finding, layer) -> Finding:
                    fix=FIX_COLLAPSE, **common)  # fmt: skip
 
 
-def _dead(m, E, k, N, t, tokens, finding, layer) -> Finding:
+def _dead(m, E, k, too_few, t, tokens, finding, layer) -> Finding:
     dead = m["dead_experts"]
     fraction = len(dead) / E
     fair = k / E
     common = dict(metric="dead_expert_fraction", value=round(fraction, 4), threshold=t["max_dead_fraction"])
-    if E * binomial_le(N, fair, t["dead_share"] * fair * N - 1e-9) >= t["significance"]:
+    if too_few:
         need = tokens_to_tell_dead(E, k, t["dead_share"], t["significance"])
         return finding("dead_experts", "skip", f"{tokens} are too few to tell a dead expert from chance with "
                        f"{E} experts, top-{k} (a uniform router would leave some under {t['dead_share']:.0%} "
