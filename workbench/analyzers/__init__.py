@@ -9,6 +9,7 @@ no I/O besides reading that shipped file once.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from workbench.settings import Profile, load_profile
@@ -34,3 +35,9 @@ def merged_thresholds(analyzer: str, overrides: dict[str, Any] | None) -> dict[s
     values = default_thresholds(analyzer)
     values.update(overrides or {})
     return values
+
+
+def at_chance(loss_nats: float | None, vocab_size: int | None, margin: float) -> bool:
+    """Whether a probe loss sits within ``margin`` nats of chance (log V): an untrained model,
+    whose uniform attention or routing is its nature, not a bug. False when either is unknown."""
+    return loss_nats is not None and bool(vocab_size) and loss_nats >= math.log(vocab_size) - margin

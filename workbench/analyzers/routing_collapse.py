@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from workbench.analyzers import merged_thresholds
+from workbench.analyzers import at_chance, merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.routing import LayerRouting, RoutingRecord
 from workbench.units import plural
@@ -197,8 +197,7 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
     where = Where(layer=layer, sublayer="moe")
     sigmoid = state.score == "sigmoid"
     untrained = not sigmoid and m["router_entropy_norm"] >= t["max_router_entropy"]
-    chance = math.log(vocab_size) - t["chance_margin"] if vocab_size else None
-    at_chance = loss_nats is not None and chance is not None and loss_nats >= chance
+    model_at_chance = at_chance(loss_nats, vocab_size, t["chance_margin"])
     inputs = ", ".join(f"{kind} {n}" for kind, n in m["inputs"].items())
     tokens = f"{plural(N, 'token')} ({inputs})"
 
@@ -211,7 +210,7 @@ def _layer_findings(layer: int, state: LayerRouting, by_input: dict[str, LayerRo
         entropy_status, entropy_message = "skip", (
             f"router entropy {m['router_entropy_norm']:.2f} of log {E} not judged: a sigmoid router scores "
             "each expert on its own")
-    elif untrained and at_chance:
+    elif untrained and model_at_chance:
         entropy_status, entropy_message = "skip", (
             f"router entropy is {m['router_entropy_norm']:.3f} of log {E}, but the model's loss on the probe "
             f"({loss_nats:.2f} nats) is at chance (log V = {math.log(vocab_size):.2f}): an untrained model routes "

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from workbench.analyzers import merged_thresholds
+from workbench.analyzers import at_chance, merged_thresholds
 from workbench.findings import Finding, Where
 from workbench.recorders.attention import AttentionRecord
 from workbench.units import plural
@@ -112,24 +112,24 @@ def analyze(
         return [Finding(NAME, "recorded", "skip", "attention statistics are not finite (see nonfinite)")]
     kinds = classify(metrics, t)
     n_heads = record.n_layers * record.n_heads
-    at_chance = (loss_nats is not None and vocab_size is not None
-                 and loss_nats >= math.log(vocab_size) - t["chance_margin"])
+    untrained = at_chance(loss_nats, vocab_size, t["chance_margin"])
     findings: list[Finding] = []
     sharp_fix = _FIX_QK_NORM if getattr(record, "qk_norm", False) else _FIX_SHARP
     for kind, check, fix in (("runaway", "saturated_layer", sharp_fix), ("flat", "flat_layer", _FIX_FLAT)):
+        if kind == "flat" and untrained:
+            continue
         broken = kinds[kind]
-        systemic = int(broken.sum()) / n_heads >= t["broken_head_fraction"]
+        share = int(broken.sum()) / n_heads
+        systemic = share >= t["broken_head_fraction"]
         for layer in range(record.n_layers):
             heads = [h for h in range(record.n_heads) if broken[layer, h]]
-            if kind == "flat" and at_chance:
-                continue
             layer_broken = len(heads) / record.n_heads >= t["layer_fraction"]
             status = "fail" if heads and (systemic or layer_broken) else ("warn" if heads else "pass")
             # the rule that decided, as the finding's metric: the layer's share, or the model's
-            model_wide = (round(int(broken.sum()) / n_heads, 4) if systemic and not layer_broken else None)
+            model_wide = round(share, 4) if systemic and not layer_broken else None
             findings.append(_layer_finding(record, metrics, kinds, layer, heads, kind, check, status, fix, t,
                                            model_wide))
-    if at_chance and bool(kinds["flat"].any()):
+    if untrained and bool(kinds["flat"].any()):
         findings.append(Finding(
             NAME, "flat_layer", "skip",
             f"{int(kinds['flat'].sum())} of {n_heads} heads are flat, but the model's loss on the probe "
