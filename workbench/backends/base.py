@@ -64,10 +64,15 @@ class Backend(Protocol):
     """A way of loading and recording a model; see the module docstring."""
 
     name: str
+    # what progress messages add after "loading model" and "recording a ... probe"
+    loading_note: str
+    recording_note: str
 
     def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
-        """Whether this backend runs ``concern`` (a key of :data:`NOT_SUPPORTED`) on that model
-        (``description`` None: before loading, on any model it may load)."""
+        """Whether this backend runs ``concern`` on that model (``description`` None: before
+        loading, on any model it may load). Concerns: the keys of :data:`NOT_SUPPORTED`, which a
+        run reports as skips, and ``stored_dtype`` (the probe in the checkpoint's own dtype) and
+        ``layer_progress`` (per-block progress ticks), which it leaves out quietly."""
         ...
 
     def planning_config(self, source: str | None) -> DecoderConfig | None:

@@ -18,6 +18,8 @@ class NativeBackend:
     """Loads any checkpoint the workbench reads into a :class:`~workbench.model.decoder.HookedDecoder`."""
 
     name = "native"
+    loading_note = ""
+    recording_note = ""
 
     def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
         return True

@@ -159,10 +159,10 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
 def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any, seed: int, wanted: set[str],
          started: float, created: datetime, trace_dir: Path | None, say: Progress,
          on_layer: OnTick | None = None) -> dict[str, Any]:
-    say("loading model" if backend.name == "native" else "loading model (transformers)")
+    say(f"loading model{backend.loading_note}")
     loaded = backend.load(source, options.dtype, options.device)
     description = loaded.description
-    blocks = getattr(loaded.module, "blocks", None) if backend.name == "native" else None
+    blocks = getattr(loaded.module, "blocks", None) if backend.supports("layer_progress") else None
 
     def ticking() -> AbstractContextManager[None]:
         # per-block progress in the long forwards; never around timing, whose forwards it would slow
@@ -177,8 +177,7 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
         findings += _stored_dtype(loaded.module, description.decoder_config, options.dtype, probe, backend, say)
     recording = None
     if wanted & {"attention", "residual", "routing", "loss"}:
-        through = "" if backend.name == "native" else f" through {backend.name}"
-        say(f"recording a {probe.length}-token {probe.kind} probe{through}")
+        say(f"recording a {probe.length}-token {probe.kind} probe{backend.recording_note}")
         with ticking():
             recording, first_nonfinite = backend.record(
                 loaded, probe.tokens, attention="attention" in wanted, residual="residual" in wanted,
@@ -195,7 +194,7 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             recording, wanted = None, wanted - {"attention", "residual", "routing", "loss", "length"}
         if ("routing" in wanted and recording is not None and recording.routing is not None
                 and options.prompt is None):
-            say(f"routing structured text, repeated blocks and random ids{through}")
+            say(f"routing structured text, repeated blocks and random ids{backend.recording_note}")
             recording.routing = steps.route_more_inputs(backend, loaded, probe, recording.routing, profile, seed)
     labels = token_labels(loaded.tokenizer, probe.tokens[0, :PATTERN_ROWS].tolist())
     findings += steps.analyze_records(recording, description.n_experts, profile, wanted, sections, probe, labels,
@@ -233,8 +232,9 @@ def check_options(options: RunOptions) -> None:
 
 
 def _stored_dtype(model: Any, config: Any, dtype: str, probe: Any, backend: Backend, say: Progress) -> list[Finding]:
-    """The checkpoint in its own half-precision dtype, besides the compute dtype (native only)."""
-    if backend.name != "native" or config is None:
+    """The checkpoint in its own half-precision dtype, besides the compute dtype (where the backend
+    supports it)."""
+    if not backend.supports("stored_dtype") or config is None:
         return []
     stored = stored_half_dtype(config.dtype, parse_dtype(dtype))
     if stored is None:

@@ -49,9 +49,11 @@ class NnsightBackend:
     """Records a transformers model the hooked decoder may not implement."""
 
     name = "nnsight"
+    loading_note = " (transformers)"
+    recording_note = " through nnsight"
 
     def supports(self, concern: str, description: ModelDescription | None = None) -> bool:
-        if concern in ("length", "timing"):
+        if concern in ("length", "timing", "stored_dtype", "layer_progress"):
             return False
         if concern == "kv":
             return description is not None and description.decoder_config is not None
