@@ -66,19 +66,10 @@ def kv_report(
     deployment, thresholds = loaded.deployment, loaded.thresholds.get("kv_memory")
     target = get_device(device if device is not None else deployment.device)
     rules = get_engine(engine if engine is not None else deployment.engine)
-    options: dict[str, Any] = dict(
-        batch=batch if batch is not None else deployment.batch,
-        context=context if context is not None else deployment.context or config.max_positions,
-        engine=rules,
-        kv_dtype=kv_dtype if kv_dtype is not None else deployment.kv_dtype,
-        tp=tp if tp is not None else deployment.tp,
-        utilization=utilization if utilization is not None else deployment.utilization,
-        block_size=block_size if block_size is not None else deployment.block_size,
-        max_num_batched_tokens=(max_num_batched_tokens if max_num_batched_tokens is not None
-                                else deployment.prefill_chunk),
-        weights_dtype=weights_dtype,
-        allow_long_context=allow_long_context,
-    )
+    options = deployment_options(config, deployment, batch=batch, context=context, engine=rules, kv_dtype=kv_dtype,
+                                 tp=tp, utilization=utilization, block_size=block_size,
+                                 max_num_batched_tokens=max_num_batched_tokens)
+    options.update(weights_dtype=weights_dtype, allow_long_context=allow_long_context)
     result = plan(config, target, **options)
     findings = analyze_plan(result, config, target, options, thresholds=thresholds, oversize="fail")
     return {
@@ -86,6 +77,23 @@ def kv_report(
         "attention": config.attention_kind,
         "device": target.name,
         "engine": rules.name,
-        "plan": {**result.to_dict(), "risk": risk_level(result.fraction_used, thresholds)},
+        "plan": plan_section(result, thresholds),
         "findings": [f.to_dict() for f in findings],
     }
+
+
+def deployment_options(config: DecoderConfig, deployment: Any, **given: Any) -> dict[str, Any]:
+    """The planner's options for a profile's ``[deployment]`` (its context defaulting to the
+    model's limit), each replaced by the value in ``given`` when that is not None."""
+    options = {
+        "batch": deployment.batch, "context": deployment.context or config.max_positions,
+        "engine": deployment.engine, "kv_dtype": deployment.kv_dtype, "tp": deployment.tp,
+        "utilization": deployment.utilization, "block_size": deployment.block_size,
+        "max_num_batched_tokens": deployment.prefill_chunk,
+    }  # fmt: skip
+    return {name: given[name] if given.get(name) is not None else value for name, value in options.items()}
+
+
+def plan_section(result: Any, thresholds: dict[str, Any] | None) -> dict[str, Any]:
+    """A plan as reports show it: :meth:`KVPlan.to_dict` with its risk level."""
+    return {**result.to_dict(), "risk": risk_level(result.fraction_used, thresholds)}

@@ -20,6 +20,7 @@ from workbench.measurements.peak import peak_flops
 from workbench.measurements.timing import profile_forward
 from workbench.memory.planner import plan
 from workbench.pipeline.commands import PATTERN_ROWS
+from workbench.pipeline.kv import deployment_options, plan_section
 from workbench.recorders import PatternRequest, Recording
 from workbench.recorders.routing import RoutingRecord, combine
 from workbench.settings import Device, Profile, get_device, list_devices
@@ -167,12 +168,7 @@ def kv(config: DecoderConfig, profile: Profile, sections: dict[str, Any]) -> lis
     deployment = profile.deployment
     device = get_device(deployment.device)
     thresholds = profile.thresholds.get("kv_memory")
-    options: dict[str, Any] = {
-        "batch": deployment.batch, "context": deployment.context or config.max_positions,
-        "engine": deployment.engine, "kv_dtype": deployment.kv_dtype, "tp": deployment.tp,
-        "utilization": deployment.utilization, "block_size": deployment.block_size,
-        "max_num_batched_tokens": deployment.prefill_chunk,
-    }  # fmt: skip
+    options = deployment_options(config, deployment)
     # A profile may ask for a context past the model's limit: plan it (context_within_model warns)
     # rather than refuse; otherwise the largest context stays capped at the limit.
     options["allow_long_context"] = options["context"] > config.max_positions
@@ -181,7 +177,7 @@ def kv(config: DecoderConfig, profile: Profile, sections: dict[str, Any]) -> lis
                                       oversize=deployment.oversize)
     names = [deployment.device] + [n for n in KV_DEVICES if n in list_devices() and n != deployment.device]
     sections["kv"] = {"batch": deployment.batch, "kv_dtype": result.kv_dtype, "engine": result.engine,
-                      "plan": {**result.to_dict(), "risk": kv_memory.risk_level(result.fraction_used, thresholds)},
+                      "plan": plan_section(result, thresholds),
                       "devices": kv_curves(config, [get_device(n) for n in names],
                                            {**options, "allow_long_context": False})}
     return findings
