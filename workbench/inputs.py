@@ -92,7 +92,8 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def _check_sizes(**sizes: int) -> None:
+def check_sizes(**sizes: int) -> None:
+    """Refuse any size under 1, naming it (an :class:`InputError`)."""
     for name, value in sizes.items():
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
@@ -100,7 +101,7 @@ def _check_sizes(**sizes: int) -> None:
 
 def _id_range(vocab_size: int, low: int | None, high: int | None) -> tuple[int, int]:
     """[low, high) of the ids random probes draw from."""
-    _check_sizes(vocab_size=vocab_size)
+    check_sizes(vocab_size=vocab_size)
     if low is None:
         # tiny synthetic vocabularies have no special ids worth 16 slots: keep 3/4 of them
         low = min(DEFAULT_LOW_ID, vocab_size // 4)
@@ -123,7 +124,7 @@ def random_tokens(
     ``low`` defaults to ``DEFAULT_LOW_ID`` (a quarter of the vocabulary when that is smaller)
     to keep special tokens out; ``high`` defaults to ``vocab_size``.
     """
-    _check_sizes(length=length, batch=batch)
+    check_sizes(length=length, batch=batch)
     low, high = _id_range(vocab_size, low, high)
     return torch.randint(low, high, (batch, length), generator=_generator(seed))
 
@@ -142,7 +143,7 @@ def repeated_random_blocks(
     Position ``t >= block_len`` holds the same id as ``t - block_len``. Ids are drawn as in
     :func:`random_tokens`.
     """
-    _check_sizes(block_len=block_len, n_repeats=n_repeats)
+    check_sizes(block_len=block_len, n_repeats=n_repeats)
     block = random_tokens(vocab_size, block_len, batch, seed, low, high)  # [B, block_len]
     return block.repeat(1, n_repeats)
 
@@ -193,7 +194,7 @@ def encode_text(tokenizer: Tokenizer | None, text: str, vocab_size: int | None =
     if tokenizer is None:
         if vocab_size is None:
             raise InputError("text needs a tokenizer or a vocab_size for the byte-level fallback")
-        _check_sizes(vocab_size=vocab_size)
+        check_sizes(vocab_size=vocab_size)
         return [byte % vocab_size for byte in text.encode("utf-8")]
     encoded = tokenizer.encode(text, **_encode_keywords(tokenizer.encode))
     ids = getattr(encoded, "ids", encoded)  # tokenizers.Encoding keeps its ids in .ids
@@ -225,7 +226,7 @@ def natural_text_tokens(
     then start anywhere in the first pass. With ``tokenizer=None`` the text is read as UTF-8
     bytes modulo ``vocab_size`` (for models with a synthetic vocabulary and no tokenizer).
     """
-    _check_sizes(length=length, batch=batch)
+    check_sizes(length=length, batch=batch)
     bos = bos_id(tokenizer) if with_bos else None
     if bos is not None:
         if length < 2:
@@ -280,7 +281,7 @@ def text_tokens(tokenizer: Tokenizer | None, text: str, vocab_size: int | None =
     if max_tokens is None:
         ids = encode_text(tokenizer, text, vocab_size)
     else:
-        _check_sizes(max_tokens=max_tokens)
+        check_sizes(max_tokens=max_tokens)
         chars = max(PREFIX_CHARS_PER_TOKEN * max_tokens, 4096)
         while True:
             ids = encode_text(tokenizer, text[:chars], vocab_size)
@@ -309,7 +310,8 @@ def read_text_file(path: Path, limit_bytes: int | None = None) -> str:
     return codecs.getincrementaldecoder("utf-8")().decode(data[:limit])  # holds back a cut character
 
 
-def _check_ids_fit(tokens: torch.Tensor, vocab_size: int | None) -> None:
+def check_ids_fit(tokens: torch.Tensor, vocab_size: int | None) -> None:
+    """Refuse token ids outside the model's vocabulary: the tokenizer does not match the model."""
     if vocab_size is not None and int(tokens.max()) >= vocab_size:
         raise InputError(
             f"the tokenizer produced id {int(tokens.max())}, outside the model's "
@@ -344,9 +346,9 @@ def make_probe(
         if text is None:
             raise InputError("a user probe needs text")
         if length is not None:
-            _check_sizes(length=length)
+            check_sizes(length=length)
         tokens = text_tokens(tokenizer, text, vocab_size, max_tokens=length)
-        _check_ids_fit(tokens, vocab_size)
+        check_ids_fit(tokens, vocab_size)
         source = "tokenizer" if tokenizer is not None else "UTF-8 bytes mod vocab (no tokenizer)"
         return ProbeInput(
             name=f"user-T{tokens.shape[1]}",
@@ -357,7 +359,7 @@ def make_probe(
         )
     if length is None:
         raise InputError(f"a {kind} probe needs a length")
-    _check_sizes(length=length, batch=batch)
+    check_sizes(length=length, batch=batch)
     if kind == "random":
         if vocab_size is None:
             raise InputError("a random probe needs vocab_size")
@@ -372,7 +374,7 @@ def make_probe(
         if vocab_size is None:
             raise InputError("a repeated probe needs vocab_size")
         block_len = max(1, length // 2) if block_len is None else block_len
-        _check_sizes(block_len=block_len)
+        check_sizes(block_len=block_len)
         n_repeats = -(-length // block_len)
         tokens = repeated_random_blocks(vocab_size, block_len, n_repeats, batch, seed)
         return ProbeInput(
@@ -388,7 +390,7 @@ def make_probe(
         )
     if kind == "natural":
         tokens = natural_text_tokens(tokenizer, length, batch, seed, vocab_size=vocab_size)
-        _check_ids_fit(tokens, vocab_size)
+        check_ids_fit(tokens, vocab_size)
         source = "tokenizer" if tokenizer is not None else "UTF-8 bytes mod vocab (no tokenizer)"
         return ProbeInput(
             name=f"natural-T{length}-s{seed}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import InputError
-from workbench.inputs import ProbeInput, Tokenizer, bos_id, encode_text
+from workbench.inputs import ProbeInput, Tokenizer, bos_id, check_ids_fit, encode_text
 
 SEPARATOR = "\n\n"  # between two snippets
 
@@ -97,9 +97,7 @@ def structured_probe(
 ) -> ProbeInput:
     """A probe of structured text (kind ``structured``): code, lists, tables and records."""
     tokens = structured_text_tokens(tokenizer, length, batch, seed, vocab_size)
-    if vocab_size is not None and int(tokens.max()) >= vocab_size:
-        raise InputError(f"the tokenizer produced id {int(tokens.max())}, outside the model's vocabulary of "
-                         f"{vocab_size}: tokenizer and model do not match")
+    check_ids_fit(tokens, vocab_size)
     source = "tokenizer" if tokenizer is not None else "UTF-8 bytes mod vocab (no tokenizer)"
     return ProbeInput(
         name=f"structured-T{length}-s{seed}",

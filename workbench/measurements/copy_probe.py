@@ -14,13 +14,12 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import InputError
-from workbench.inputs import random_tokens
+from workbench.inputs import check_sizes, random_tokens
 
 
-def _check_positive(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
+def copy_stream_length(length: int, block_len: int) -> int:
+    """How many ids :func:`copied_blocks` reads per row to write ``length`` tokens."""
+    return -(-length // (2 * block_len)) * block_len
 
 
 def copied_blocks(stream: torch.Tensor, block_len: int, length: int) -> torch.Tensor:
@@ -34,12 +33,13 @@ def copied_blocks(stream: torch.Tensor, block_len: int, length: int) -> torch.Te
     input never becomes the long loop of one block that throws real models out of
     distribution. :func:`copy_targets` says which positions are predictable.
     """
-    _check_positive(block_len=block_len, length=length)
-    n_pairs = -(-length // (2 * block_len))
+    check_sizes(block_len=block_len, length=length)
+    needed = copy_stream_length(length, block_len)
+    n_pairs = needed // block_len
     batch, available = stream.shape
-    if available < n_pairs * block_len:
-        raise InputError(f"copied_blocks needs {n_pairs * block_len} ids per row, got {available}")
-    blocks = stream[:, : n_pairs * block_len].reshape(batch, n_pairs, 1, block_len)
+    if available < needed:
+        raise InputError(f"copied_blocks needs {needed} ids per row, got {available}")
+    blocks = stream[:, :needed].reshape(batch, n_pairs, 1, block_len)
     return blocks.expand(batch, n_pairs, 2, block_len).reshape(batch, -1)[:, :length].contiguous()
 
 
@@ -55,9 +55,9 @@ def copied_random_blocks(
     """:func:`copied_blocks` of fresh random ids (drawn as in :func:`workbench.inputs.random_tokens`), shape
     ``[batch, length]``. Random ids suit models trained on them; a real model copies text more
     steadily than a stream of random vocabulary entries (the sweep copies corpus text for them)."""
-    _check_positive(block_len=block_len, length=length, batch=batch)
-    n_ids = -(-length // (2 * block_len)) * block_len
-    return copied_blocks(random_tokens(vocab_size, n_ids, batch, seed, low, high), block_len, length)
+    check_sizes(block_len=block_len, length=length, batch=batch)
+    return copied_blocks(random_tokens(vocab_size, copy_stream_length(length, block_len), batch, seed, low, high),
+                         block_len, length)
 
 
 def copy_targets(length: int, block_len: int) -> torch.Tensor:
@@ -68,6 +68,6 @@ def copy_targets(length: int, block_len: int) -> torch.Tensor:
     The first id of a second copy follows the last id of a fresh first copy, which nothing in the
     context has preceded before: a model that copies by content (an induction head) cannot know
     the copy starts there. Only the ids after it continue a sequence seen ``block_len`` back."""
-    _check_positive(block_len=block_len, length=length)
+    check_sizes(block_len=block_len, length=length)
     position = torch.arange(1, length)
     return (position % (2 * block_len)) > block_len

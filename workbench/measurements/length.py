@@ -37,7 +37,12 @@ from typing import Any
 
 import torch
 
-from workbench.measurements.copy_probe import copied_blocks, copied_random_blocks, copy_targets
+from workbench.measurements.copy_probe import (
+    copied_blocks,
+    copied_random_blocks,
+    copy_stream_length,
+    copy_targets,
+)
 from workbench.model.positions import rope_inv_freq
 from workbench.recorders.attention import _nan_to_none, bucket
 from workbench.recorders.loss import chunked_loss
@@ -251,7 +256,7 @@ def run_length_sweep(
     def copy(length: int, seed: int) -> torch.Tensor:
         if natural is None or not copy_text:
             return copied_random_blocks(vocab_size, distance, length, batch=batch, seed=seed)
-        return copied_blocks(natural(-(-length // (2 * distance)) * distance, seed), distance, length)
+        return copied_blocks(natural(copy_stream_length(length, distance), seed), distance, length)
 
     kinds: list[tuple[str, Maker, Callable[[int], torch.Tensor], int | None]] = []
     if natural is not None:
