@@ -13,13 +13,13 @@ modelled); callers say so.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from workbench.measurements.flops import forward_flops
+from workbench.measurements.timing import timed_runs
 
 CALIBRATION_TOKENS = 128
 
@@ -38,18 +38,11 @@ class ForwardEstimate:
 
 
 def _timed(model: nn.Module, ids_BT: torch.Tensor, repeats: int = 3) -> float:
-    device = ids_BT.device
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+    def run() -> None:
         with torch.no_grad():
             model.hidden(ids_BT)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+
+    return statistics.median(timed_runs(run, ids_BT.device, repeats))
 
 
 def estimate_forward_seconds(model: nn.Module, tokens: int, calibration_tokens: int = CALIBRATION_TOKENS,

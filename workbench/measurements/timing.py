@@ -213,7 +213,8 @@ def profiler_ranges(model: nn.Module) -> Iterator[list[str]]:
             open_ranges.pop().__exit__(None, None, None)
 
 
-def _timed_runs(run: Callable[[], Any], device: torch.device, count: int) -> list[float]:
+def timed_runs(run: Callable[[], Any], device: torch.device, count: int) -> list[float]:
+    """Wall seconds of ``count`` calls of ``run``, each between device synchronisations."""
     seconds = []
     for _ in range(count):
         _sync(device)
@@ -327,8 +328,8 @@ def profile_forward(
     def run() -> Any:
         return forward(model, input_ids)
 
-    _timed_runs(run, device, warmup)
-    wall_runs = _timed_runs(run, device, steps)
+    timed_runs(run, device, warmup)
+    wall_runs = timed_runs(run, device, steps)
 
     trace_dir = None
     written_before: set[Path] = set()
