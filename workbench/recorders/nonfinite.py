@@ -37,11 +37,18 @@ def scan_weights(model: torch.nn.Module) -> list[NonfiniteTensor]:
     """Every floating-point weight of ``model`` that holds a NaN or an Inf, in state-dict order."""
     bad = []
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            count = int((~torch.isfinite(tensor)).sum())
-            if count:
-                bad.append(NonfiniteTensor(name, count, tensor.numel()))
+        found = _nonfinite(name, tensor)
+        if found is not None:
+            bad.append(found)
     return bad
+
+
+def _nonfinite(name: str, tensor: torch.Tensor) -> NonfiniteTensor | None:
+    """``tensor``'s NaN/Inf count under ``name``; None when it is finite (or not floating point)."""
+    if not tensor.is_floating_point():
+        return None
+    bad = ~torch.isfinite(tensor)
+    return NonfiniteTensor(name, int(bad.sum()), tensor.numel()) if bool(bad.any()) else None
 
 
 class ActivationWatch:
@@ -56,10 +63,8 @@ class ActivationWatch:
 
     def hooks(self) -> list[tuple[Any, Any]]:
         def watch(tensor: torch.Tensor, point: Any) -> None:
-            if self.first is None and tensor.is_floating_point():
-                bad = ~torch.isfinite(tensor)
-                if bool(bad.any()):
-                    self.first = NonfiniteTensor(point.name, int(bad.sum()), tensor.numel())
+            if self.first is None:
+                self.first = _nonfinite(point.name, tensor)
 
         # Scores and patterns hold -inf / 0 by design where keys are masked, and hooking them
         # would force the O(T^2) attention path: they are not watched.
@@ -98,11 +103,9 @@ class ModuleWatch:
 
     def _hook(self, name: str):
         def watch(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            tensor = _first_tensor(output)
-            if self.first is None and tensor is not None and tensor.is_floating_point():
-                bad = ~torch.isfinite(tensor)
-                if bool(bad.any()):
-                    self.first = NonfiniteTensor(name, int(bad.sum()), tensor.numel())
+            tensor = _first_tensor(output) if self.first is None else None
+            if tensor is not None:
+                self.first = _nonfinite(name, tensor)
 
         return watch
 
