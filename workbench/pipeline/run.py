@@ -123,10 +123,8 @@ def run(source: str | None, options: RunOptions, progress: Progress | None = Non
         check_fits_in_memory(config, tokens, options.device, options.dtype, label=label,
                              setting="--tokens" if options.tokens else f"{profile.path} [probes] tokens")
         if config is not None and "length" in wanted:  # the sweep's longest probe, at the profile's batch
-            requested = options.tokens if options.command == "extrapolation" else None
-            check_fits_in_memory(config, steps.longest_sweep(config, profile, requested), options.device,
-                                 options.dtype,
-                                 batch=int(profile.probes["batch"]), label=label,
+            check_fits_in_memory(config, steps.longest_sweep(config, profile, _requested_longest(options)),
+                                 options.device, options.dtype, batch=int(profile.probes["batch"]), label=label,
                                  setting=f"the length sweep of {profile.path} [probes]")
     except ProbeTooLong as error:
         if not error.largest_tokens or not backend.supports("timing"):  # the estimate times forwards
@@ -204,13 +202,13 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
             analyzer, reason = NOT_SUPPORTED[concern]
             findings.append(Finding(analyzer, "backend", "skip", f"not run on the {backend.name} backend: {reason}"))
     if "length" in wanted and backend.supports("length", description):
-        longest = options.tokens if options.command == "extrapolation" else None
+        longest = _requested_longest(options)
         with ticking():
             findings += steps.length(loaded.module, description.decoder_config, profile, loaded.tokenizer, seed,
                                      sections, say, longest)
     if "kv" in wanted and backend.supports("kv", description):
         findings += steps.kv(description.decoder_config, profile, sections)
-    if "timing" in wanted and backend.supports("timing", description) and trace_dir is not None:
+    if trace_dir is not None:  # run() makes one only when timing is wanted and supported
         say("profiling the forward")
         sections["timing"] = steps.timing(loaded.module, probe, trace_dir, options.device, options.dtype)
     report = document(options, profile.name, seed, created, started, description.model_info(), findings, probe,
@@ -220,6 +218,11 @@ def _run(source: str | None, options: RunOptions, backend: Backend, profile: Any
         report["artifacts"]["trace_dir"] = trace.get("tensorboard_dir")
         report["artifacts"]["chrome_trace"] = trace.get("chrome_trace")
     return report
+
+
+def _requested_longest(options: RunOptions) -> int | None:
+    """``extrapolation --tokens N`` makes N the sweep's longest probe; other commands use the profile's."""
+    return options.tokens if options.command == "extrapolation" else None
 
 
 def check_options(options: RunOptions) -> None:

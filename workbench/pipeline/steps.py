@@ -80,13 +80,18 @@ def analyze_records(recording: Recording | None, n_experts: int, profile: Profil
     return findings
 
 
-def longest_sweep(config: DecoderConfig, profile: Profile, requested: int | None = None) -> int:
-    """The longest probe of the length sweep (what the memory guard checks before it runs);
-    ``requested`` is ``extrapolation --tokens N``."""
+def sweep(config: DecoderConfig, profile: Profile, requested: int | None = None) -> tuple[list[int], list[int]]:
+    """The length sweep's probe lengths for ``config`` under ``profile``, and the lengths left out
+    (:func:`~workbench.measurements.length.sweep_lengths`); ``requested`` is ``extrapolation
+    --tokens N``, the longest probe past the profile's cap."""
     probes = profile.probes
-    lengths, _ = sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
-                               list(probes["lengths"]), int(probes["max_tokens"]), requested=requested)
-    return max(lengths, default=2)
+    return sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
+                         list(probes["lengths"]), int(probes["max_tokens"]), requested=requested)
+
+
+def longest_sweep(config: DecoderConfig, profile: Profile, requested: int | None = None) -> int:
+    """The longest probe of the length sweep (what the memory guard checks before it runs)."""
+    return max(sweep(config, profile, requested)[0], default=2)
 
 
 def routing_inputs(probe: ProbeInput, profile: Profile, tokenizer: Any, vocab_size: int,
@@ -121,8 +126,7 @@ def length(model: Any, config: DecoderConfig, profile: Profile, tokenizer: Any, 
     """The length sweep around the claimed context, its findings and the report's length section.
     ``longest`` (``extrapolation --tokens N``) is the longest probe, past the profile's cap."""
     probes = profile.probes
-    lengths, skipped = sweep_lengths(claimed_context(config)[0], list(probes["extrapolation_factors"]),
-                                     list(probes["lengths"]), int(probes["max_tokens"]), requested=longest)
+    lengths, skipped = sweep(config, profile, longest)
 
     def natural(n_tokens: int, probe_seed: int) -> torch.Tensor:
         return natural_text_tokens(tokenizer, n_tokens, batch=int(probes["batch"]), seed=probe_seed,
