@@ -107,6 +107,24 @@ def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, 
     model_type, window = hf.get("model_type"), hf.get("sliding_window")
     if not window or model_type == "llama":
         return None, None
+    if model_type in ("gemma2", "gemma3_text"):  # layer_types, else every pattern-th layer global
+        pattern = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern") or 6)
+        layer_types = hf.get("layer_types") or [
+            "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)
+        ]
+        layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        return _all_layers_none(window, layers, n_layers)
+    if model_type in ("qwen3", "qwen3_moe"):  # off unless switched on
+        if not hf.get("use_sliding_window"):
+            return None, None
+        if model_type == "qwen3_moe":  # its attention reads config.sliding_window on every layer
+            return int(window), None
+        layer_types = hf.get("layer_types")
+        if layer_types:
+            layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        else:
+            layers = tuple(range(int(hf.get("max_window_layers", 28)), n_layers))
+        return _all_layers_none(window, layers, n_layers)
     if model_type in ("mistral", "mixtral"):  # every layer; layer_types is not read
         return int(window), None
     layer_types = hf.get("layer_types")
@@ -128,6 +146,13 @@ def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, 
         else:
             layers = tuple(i for i in range(min(max_window_layers, n_layers)) if (i + 1) % 2)
     return (int(window), layers) if layers else (None, None)
+
+
+def _all_layers_none(window: Any, layers: tuple[int, ...], n_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
+    """(window, its layers); no window without layers, and layers None when it covers all of them."""
+    if not layers:
+        return None, None
+    return int(window), None if len(layers) == n_layers else layers
 
 
 def window_per_layer(hf: dict[str, Any], n_layers: int) -> list[int | None]:
