@@ -14,6 +14,7 @@ from workbench.config import DecoderConfig, RopeScaling
 from workbench.errors import CheckpointError
 
 Transform = Callable[[dict[str, torch.Tensor], DecoderConfig], None]
+HfTransform = Callable[[dict[str, torch.Tensor], DecoderConfig, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Family:
     from transformers tensor names to the decoder's. ``prefix``: what every tensor name starts with
     in a full checkpoint (added when a base model was saved without it). ``fused``: turns tensors
     no rename matched into decoder tensors (transformers 5's fused experts), in place.
-    ``transform``: reshapes renamed tensors (fused qkv, Conv1D) in place. ``transform_hf``: the
-    same for a transform that also reads config.json (DeepSeek's ``rope_interleave``).
+    ``transform``: reshapes renamed tensors (fused qkv, Conv1D) in place; it is also given
+    config.json (parsed), which DeepSeek reads for ``rope_interleave``.
     """
 
     model_types: tuple[str, ...]
@@ -33,8 +34,7 @@ class Family:
     renames: list[tuple[str, str]]
     prefix: str = "model."
     fused: Transform | None = None
-    transform: Transform | None = None
-    transform_hf: Callable[[dict[str, torch.Tensor], DecoderConfig, dict[str, Any]], None] | None = None
+    transform: HfTransform | None = None
 
 
 def _fail(path: Path, message: str) -> Exception:

@@ -131,4 +131,4 @@ def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[st
         state[name] = rows
 
 
-FAMILY = Family(("deepseek_v3",), read_config, RENAMES, fused=_split_fused_experts, transform_hf=transform)
+FAMILY = Family(("deepseek_v3",), read_config, RENAMES, fused=_split_fused_experts, transform=transform)

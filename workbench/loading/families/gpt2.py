@@ -49,7 +49,7 @@ _GPT2_RENAMES = [
 ]
 
 
-def _split_gpt2(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def _split_gpt2(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """GPT-2's Conv1D stores weights as (in, out): transpose, and split the fused c_attn."""
     for name in [n for n in state if n.endswith(".weight") and (".attn." in n or ".mlp." in n)]:
         state[name] = state[name].t().contiguous()

@@ -76,7 +76,7 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     )
 
 
-def transform(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """Split the fused ``Wqkv`` rows into q, k and v."""
     for name in [n for n in state if n.endswith(".attn.qkv.weight")]:
         fused = state.pop(name)

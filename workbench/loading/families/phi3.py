@@ -92,7 +92,7 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     )
 
 
-def transform(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """Split the fused ``qkv`` rows into q, k, v and ``gate_up`` into gate and up."""
     sizes = [config.n_heads * config.d_head, config.kv_heads * config.d_head, config.kv_heads * config.d_head]
     for name in [n for n in state if n.endswith(".attn.qkv.weight")]:
