@@ -50,11 +50,19 @@ def _get(hf: dict[str, Any], path: Path, *keys: str, default: Any = ...) -> Any:
     return default
 
 
+def _rope_params(hf: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE keys of config.json: the older ``rope_scaling`` overridden by transformers 5's ``rope_parameters``."""
+    return {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+
+
+def _yarn_mscale(factor: float, weight: float) -> float:
+    """DeepSeek's YaRN mscale curve: ``0.1 * weight * ln(factor) + 1`` (1 when factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+
 def _rope(hf: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
     """rope_theta and scaling from transformers 5 ``rope_parameters`` or the older keys."""
-    params = dict(hf.get("rope_parameters") or {})
-    legacy = hf.get("rope_scaling") or {}
-    params = {**legacy, **params}
+    params = _rope_params(hf)
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
@@ -74,10 +82,7 @@ def _rope(hf: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
     attention_factor = params.get("attention_factor")
     if kind == "yarn" and attention_factor is None and params.get("mscale") and params.get("mscale_all_dim"):
         # DeepSeek-style YaRN: the ratio of two mscale curves replaces the paper's default
-        def mscale(weight: float) -> float:
-            return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
-
-        attention_factor = mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
+        attention_factor = _yarn_mscale(factor, params["mscale"]) / _yarn_mscale(factor, params["mscale_all_dim"])
     return theta, RopeScaling(
         kind=kind,
         factor=float(factor),

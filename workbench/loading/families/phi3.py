@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig, RopeScaling
-from workbench.loading.families.common import Family, _activation, _fail, _get, _rope
+from workbench.loading.families.common import Family, _activation, _fail, _get, _rope, _rope_params
 from workbench.loading.families.llama import _LLAMA_RENAMES
 
 RENAMES = [
@@ -37,7 +37,7 @@ def _rotary_dims(hf: dict[str, Any], d_head: int) -> int:
 
 def _longrope(hf: dict[str, Any], path: Path, rotary: int) -> tuple[float, RopeScaling | None] | None:
     """(theta, LongRoPE scaling) when the config declares it; None for the other kinds."""
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    params = _rope_params(hf)
     if params.get("rope_type", params.get("type")) not in ("longrope", "su", "yarn"):
         return None
     original = hf.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
