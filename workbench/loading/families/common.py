@@ -169,3 +169,11 @@ def window_per_layer(hf: dict[str, Any], n_layers: int) -> list[int | None]:
 # --- tensor names ---------------------------------------------------------------------------
 
 
+def split_fused(state: dict[str, torch.Tensor], names: list[str], sizes: int | list[int]) -> None:
+    """Replace each fused ``.qkv.`` tensor of ``names`` by its q, k and v rows (``sizes``, as
+    ``Tensor.split`` takes them), in place. Errors: Tensor.split's RuntimeError, or ValueError when
+    the split gives other than three parts."""
+    for name in names:
+        fused = state.pop(name)
+        for part, tensor in zip("qkv", fused.split(sizes, dim=0), strict=True):
+            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()

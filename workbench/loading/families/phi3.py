@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig, RopeScaling
-from workbench.loading.families.common import Family, _activation, _fail, _get, _rope, _rope_params
+from workbench.loading.families.common import (
+    Family,
+    _activation,
+    _fail,
+    _get,
+    _rope,
+    _rope_params,
+    split_fused,
+)
 from workbench.loading.families.llama import _LLAMA_RENAMES
 
 RENAMES = [
@@ -95,10 +103,7 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
 def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """Split the fused ``qkv`` rows into q, k, v and ``gate_up`` into gate and up."""
     sizes = [config.n_heads * config.d_head, config.kv_heads * config.d_head, config.kv_heads * config.d_head]
-    for name in [n for n in state if n.endswith(".attn.qkv.weight")]:
-        fused = state.pop(name)
-        for part, tensor in zip("qkv", fused.split(sizes, dim=0), strict=True):
-            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()
+    split_fused(state, [n for n in state if n.endswith(".attn.qkv.weight")], sizes)
     for name in [n for n in state if n.endswith(".mlp.gate_up.weight")]:
         gate, up = state.pop(name).chunk(2, dim=0)
         state[name.replace(".gate_up.", ".w_gate.")] = gate.contiguous()
