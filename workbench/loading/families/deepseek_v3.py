@@ -30,7 +30,6 @@ from workbench.loading.families.llama import _LLAMA_RENAMES, _split_fused_expert
 _LAYER = r"model\.layers\.(\d+)\."
 RENAMES = [
     *_LLAMA_RENAMES,
-    (_LAYER + r"self_attn\.q_proj\.weight", r"blocks.\1.attn.q.weight"),
     (_LAYER + r"self_attn\.q_a_proj\.(weight|bias)", r"blocks.\1.attn.q_a.\2"),
     (_LAYER + r"self_attn\.q_a_layernorm\.weight", r"blocks.\1.attn.q_a_norm.weight"),
     (_LAYER + r"self_attn\.q_b_proj\.weight", r"blocks.\1.attn.q_b.weight"),
