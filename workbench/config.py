@@ -154,7 +154,7 @@ class DecoderConfig:
             raise ConfigError(f"max_positions must be a positive integer, got {self.max_positions!r}")
         self._check_values()
         kv = self.kv_heads
-        if kv <= 0 or self.n_heads % kv:
+        if self.n_heads % kv:
             raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
         for name, kind in (
             ("positions", PositionKind),
@@ -163,10 +163,8 @@ class DecoderConfig:
         ):
             if getattr(self, name) not in get_args(kind):
                 raise ConfigError(f"{name} must be one of {get_args(kind)}, got {getattr(self, name)!r}")
-        if self.n_experts < 0 or (self.n_experts and not 0 < self.top_k <= self.n_experts):
+        if self.n_experts and not 0 < self.top_k <= self.n_experts:
             raise ConfigError(f"top_k ({self.top_k}) must be in 1..n_experts ({self.n_experts})")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ConfigError(f"sliding_window must be positive, got {self.sliding_window}")
         if self.positions == "rope" and self.rope_dim % 2:
             raise ConfigError(f"RoPE needs an even number of rotated dims, got {self.rope_dim}")
         self._check_mechanisms()

@@ -20,7 +20,6 @@ table. The activation models are the only code here, one function per kind:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,11 +74,6 @@ class Engine:
             if memory_bytes >= tier.min_memory_bytes and not excluded:
                 return tier.max_num_batched_tokens, tier.max_num_seqs
         return self.max_num_batched_tokens, self.max_num_seqs
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["path"] = str(self.path)
-        return data
 
 
 def engines_dir() -> Path:

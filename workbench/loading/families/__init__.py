@@ -95,12 +95,9 @@ def convert_state_dict(
         leftovers = {k: v for k, v in leftovers.items() if not k.startswith("blocks.")}
     if leftovers:
         raise _fail(path, f"unexpected tensor {sorted(leftovers)[0]} for model_type {model_type!r}")
-    if family.transform is not None or family.transform_hf is not None:
+    if family.transform is not None:
         try:
-            if family.transform is not None:
-                family.transform(state, config)
-            if family.transform_hf is not None:
-                family.transform_hf(state, config, hf)
+            family.transform(state, config, hf)
         except (RuntimeError, ValueError) as error:
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise _fail(path, f"fused attention weights do not match config.json ({detail})") from None

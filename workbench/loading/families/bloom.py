@@ -52,7 +52,7 @@ _BLOOM_RENAMES = [
 ]
 
 
-def _split_bloom(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def _split_bloom(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """BLOOM fuses q, k, v per head: rows are laid out as (head, [q|k|v], d_head)."""
     for name in [n for n in state if ".attn.qkv." in n]:
         fused = state.pop(name)

@@ -14,6 +14,7 @@ from workbench.config import DecoderConfig, RopeScaling
 from workbench.errors import CheckpointError
 
 Transform = Callable[[dict[str, torch.Tensor], DecoderConfig], None]
+HfTransform = Callable[[dict[str, torch.Tensor], DecoderConfig, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Family:
     from transformers tensor names to the decoder's. ``prefix``: what every tensor name starts with
     in a full checkpoint (added when a base model was saved without it). ``fused``: turns tensors
     no rename matched into decoder tensors (transformers 5's fused experts), in place.
-    ``transform``: reshapes renamed tensors (fused qkv, Conv1D) in place. ``transform_hf``: the
-    same for a transform that also reads config.json (DeepSeek's ``rope_interleave``).
+    ``transform``: reshapes renamed tensors (fused qkv, Conv1D) in place; it is also given
+    config.json (parsed), which DeepSeek reads for ``rope_interleave``.
     """
 
     model_types: tuple[str, ...]
@@ -33,8 +34,7 @@ class Family:
     renames: list[tuple[str, str]]
     prefix: str = "model."
     fused: Transform | None = None
-    transform: Transform | None = None
-    transform_hf: Callable[[dict[str, torch.Tensor], DecoderConfig, dict[str, Any]], None] | None = None
+    transform: HfTransform | None = None
 
 
 def _fail(path: Path, message: str) -> Exception:
@@ -50,11 +50,19 @@ def _get(hf: dict[str, Any], path: Path, *keys: str, default: Any = ...) -> Any:
     return default
 
 
+def _rope_params(hf: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE keys of config.json: the older ``rope_scaling`` overridden by transformers 5's ``rope_parameters``."""
+    return {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+
+
+def _yarn_mscale(factor: float, weight: float) -> float:
+    """DeepSeek's YaRN mscale curve: ``0.1 * weight * ln(factor) + 1`` (1 when factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+
 def _rope(hf: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
     """rope_theta and scaling from transformers 5 ``rope_parameters`` or the older keys."""
-    params = dict(hf.get("rope_parameters") or {})
-    legacy = hf.get("rope_scaling") or {}
-    params = {**legacy, **params}
+    params = _rope_params(hf)
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
@@ -74,10 +82,7 @@ def _rope(hf: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
     attention_factor = params.get("attention_factor")
     if kind == "yarn" and attention_factor is None and params.get("mscale") and params.get("mscale_all_dim"):
         # DeepSeek-style YaRN: the ratio of two mscale curves replaces the paper's default
-        def mscale(weight: float) -> float:
-            return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
-
-        attention_factor = mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
+        attention_factor = _yarn_mscale(factor, params["mscale"]) / _yarn_mscale(factor, params["mscale_all_dim"])
     return theta, RopeScaling(
         kind=kind,
         factor=float(factor),
@@ -107,6 +112,24 @@ def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, 
     model_type, window = hf.get("model_type"), hf.get("sliding_window")
     if not window or model_type == "llama":
         return None, None
+    if model_type in ("gemma2", "gemma3_text"):  # layer_types, else every pattern-th layer global
+        pattern = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern") or 6)
+        layer_types = hf.get("layer_types") or [
+            "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)
+        ]
+        layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        return _all_layers_none(window, layers, n_layers)
+    if model_type in ("qwen3", "qwen3_moe"):  # off unless switched on
+        if not hf.get("use_sliding_window"):
+            return None, None
+        if model_type == "qwen3_moe":  # its attention reads config.sliding_window on every layer
+            return int(window), None
+        layer_types = hf.get("layer_types")
+        if layer_types:
+            layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        else:
+            layers = tuple(range(int(hf.get("max_window_layers", 28)), n_layers))
+        return _all_layers_none(window, layers, n_layers)
     if model_type in ("mistral", "mixtral"):  # every layer; layer_types is not read
         return int(window), None
     layer_types = hf.get("layer_types")
@@ -130,6 +153,13 @@ def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, 
     return (int(window), layers) if layers else (None, None)
 
 
+def _all_layers_none(window: Any, layers: tuple[int, ...], n_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
+    """(window, its layers); no window without layers, and layers None when it covers all of them."""
+    if not layers:
+        return None, None
+    return int(window), None if len(layers) == n_layers else layers
+
+
 def window_per_layer(hf: dict[str, Any], n_layers: int) -> list[int | None]:
     """The sliding window of each layer (None: full causal attention) of a config.json dict."""
     window, layers = _sliding(hf, n_layers)
@@ -139,3 +169,11 @@ def window_per_layer(hf: dict[str, Any], n_layers: int) -> list[int | None]:
 # --- tensor names ---------------------------------------------------------------------------
 
 
+def split_fused(state: dict[str, torch.Tensor], names: list[str], sizes: int | list[int]) -> None:
+    """Replace each fused ``.qkv.`` tensor of ``names`` by its q, k and v rows (``sizes``, as
+    ``Tensor.split`` takes them), in place. Errors: Tensor.split's RuntimeError, or ValueError when
+    the split gives other than three parts."""
+    for name in names:
+        fused = state.pop(name)
+        for part, tensor in zip("qkv", fused.split(sizes, dim=0), strict=True):
+            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,12 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig
-from workbench.loading.families.common import Family, _activation, _get, _rope
+from workbench.loading.families.common import Family, _activation, _get, _rope, _rope_params, _yarn_mscale
 from workbench.loading.families.llama import _LLAMA_RENAMES, _split_fused_experts
 
 _LAYER = r"model\.layers\.(\d+)\."
 RENAMES = [
     *_LLAMA_RENAMES,
-    (_LAYER + r"self_attn\.q_proj\.weight", r"blocks.\1.attn.q.weight"),
     (_LAYER + r"self_attn\.q_a_proj\.(weight|bias)", r"blocks.\1.attn.q_a.\2"),
     (_LAYER + r"self_attn\.q_a_layernorm\.weight", r"blocks.\1.attn.q_a_norm.weight"),
     (_LAYER + r"self_attn\.q_b_proj\.weight", r"blocks.\1.attn.q_b.weight"),
@@ -47,17 +45,13 @@ RENAMES = [
 ]
 
 
-def _yarn_mscale(factor: float, weight: float) -> float:
-    return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
-
-
 def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     """DecoderConfig fields for a DeepSeek V3 ``config.json``."""
     n_layers = int(_get(hf, path, "num_hidden_layers"))
     nope, rope = int(_get(hf, path, "qk_nope_head_dim")), int(_get(hf, path, "qk_rope_head_dim"))
     theta, scaling = _rope(hf, path)
     scale = (nope + rope) ** -0.5
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    params = _rope_params(hf)
     if scaling is not None and params.get("mscale_all_dim"):
         scale *= _yarn_mscale(scaling.factor, float(params["mscale_all_dim"])) ** 2
     first_dense = int(hf.get("first_k_dense_replace") or 0)
@@ -131,4 +125,4 @@ def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[st
         state[name] = rows
 
 
-FAMILY = Family(("deepseek_v3",), read_config, RENAMES, fused=_split_fused_experts, transform_hf=transform)
+FAMILY = Family(("deepseek_v3",), read_config, RENAMES, fused=_split_fused_experts, transform=transform)

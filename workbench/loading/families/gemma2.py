@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import RopeScaling
-from workbench.loading.families.common import Family, _activation, _fail, _get, _rope
+from workbench.loading.families.common import Family, _activation, _fail, _get, _rope, _sliding
 
 RENAMES = [
     (r"model\.embed_tokens\.weight", "embed.weight"),
@@ -39,20 +39,6 @@ RENAMES = [
     (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"blocks.\1.mlp.w_in.weight"),
     (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"blocks.\1.mlp.w_out.weight"),
 ]
-
-
-def _sliding(hf: dict[str, Any], n_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
-    window = hf.get("sliding_window")
-    if not window:
-        return None, None
-    pattern = 2 if hf["model_type"] == "gemma2" else int(hf.get("sliding_window_pattern") or 6)
-    layer_types = hf.get("layer_types") or [
-        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)
-    ]
-    layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
-    if not layers:
-        return None, None
-    return int(window), None if len(layers) == n_layers else layers
 
 
 def _cap(value: Any) -> float | None:

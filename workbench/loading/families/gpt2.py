@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig
-from workbench.loading.families.common import Family, _activation, _fail, _get
+from workbench.loading.families.common import Family, _activation, _fail, _get, split_fused
 
 
 def _gpt2(hf: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -49,14 +49,11 @@ _GPT2_RENAMES = [
 ]
 
 
-def _split_gpt2(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def _split_gpt2(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """GPT-2's Conv1D stores weights as (in, out): transpose, and split the fused c_attn."""
     for name in [n for n in state if n.endswith(".weight") and (".attn." in n or ".mlp." in n)]:
         state[name] = state[name].t().contiguous()
-    for name in [n for n in state if ".attn.qkv." in n]:
-        fused = state.pop(name)
-        for part, tensor in zip("qkv", fused.split(config.d_model, dim=0), strict=True):
-            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()
+    split_fused(state, [n for n in state if ".attn.qkv." in n], config.d_model)
 
 
 FAMILY = Family(("gpt2",), _gpt2, _GPT2_RENAMES, prefix="transformer.", transform=_split_gpt2)

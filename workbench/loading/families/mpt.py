@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig
-from workbench.loading.families.common import Family, _fail, _get
+from workbench.loading.families.common import Family, _fail, _get, split_fused
 
 RENAMES = [
     (r"transformer\.wte\.weight", "embed.weight"),
@@ -76,12 +76,9 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     )
 
 
-def transform(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """Split the fused ``Wqkv`` rows into q, k and v."""
-    for name in [n for n in state if n.endswith(".attn.qkv.weight")]:
-        fused = state.pop(name)
-        for part, tensor in zip("qkv", fused.split(config.d_model, dim=0), strict=True):
-            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()
+    split_fused(state, [n for n in state if n.endswith(".attn.qkv.weight")], config.d_model)
 
 
 FAMILY = Family(("mpt",), read_config, RENAMES, prefix="transformer.", transform=transform)

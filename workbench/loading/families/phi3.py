@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from workbench.config import DecoderConfig, RopeScaling
-from workbench.loading.families.common import Family, _activation, _fail, _get, _rope
+from workbench.loading.families.common import (
+    Family,
+    _activation,
+    _fail,
+    _get,
+    _rope,
+    _rope_params,
+    split_fused,
+)
 from workbench.loading.families.llama import _LLAMA_RENAMES
 
 RENAMES = [
@@ -37,7 +45,7 @@ def _rotary_dims(hf: dict[str, Any], d_head: int) -> int:
 
 def _longrope(hf: dict[str, Any], path: Path, rotary: int) -> tuple[float, RopeScaling | None] | None:
     """(theta, LongRoPE scaling) when the config declares it; None for the other kinds."""
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    params = _rope_params(hf)
     if params.get("rope_type", params.get("type")) not in ("longrope", "su", "yarn"):
         return None
     original = hf.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
@@ -92,13 +100,10 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     )
 
 
-def transform(state: dict[str, torch.Tensor], config: DecoderConfig) -> None:
+def transform(state: dict[str, torch.Tensor], config: DecoderConfig, hf: dict[str, Any]) -> None:
     """Split the fused ``qkv`` rows into q, k, v and ``gate_up`` into gate and up."""
     sizes = [config.n_heads * config.d_head, config.kv_heads * config.d_head, config.kv_heads * config.d_head]
-    for name in [n for n in state if n.endswith(".attn.qkv.weight")]:
-        fused = state.pop(name)
-        for part, tensor in zip("qkv", fused.split(sizes, dim=0), strict=True):
-            state[name.replace(".qkv.", f".{part}.")] = tensor.contiguous()
+    split_fused(state, [n for n in state if n.endswith(".attn.qkv.weight")], sizes)
     for name in [n for n in state if n.endswith(".mlp.gate_up.weight")]:
         gate, up = state.pop(name).chunk(2, dim=0)
         state[name.replace(".gate_up.", ".w_gate.")] = gate.contiguous()

@@ -21,22 +21,6 @@ RENAMES = [
 ]
 
 
-def _window(hf: dict[str, Any], n_layers: int) -> dict[str, Any]:
-    window = hf.get("sliding_window")
-    if not hf.get("use_sliding_window") or not window:
-        return {"sliding_window": None, "sliding_layers": None}
-    if hf["model_type"] == "qwen3_moe":  # its attention reads config.sliding_window on every layer
-        return {"sliding_window": int(window), "sliding_layers": None}
-    layer_types = hf.get("layer_types")
-    if layer_types:
-        layers = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
-    else:
-        layers = tuple(range(int(hf.get("max_window_layers", 28)), n_layers))
-    if not layers:
-        return {"sliding_window": None, "sliding_layers": None}
-    return {"sliding_window": int(window), "sliding_layers": None if len(layers) == n_layers else layers}
-
-
 def _moe(hf: dict[str, Any], path: Path, n_layers: int) -> dict[str, Any]:
     sparse_step = int(hf.get("decoder_sparse_step", 1) or 1)
     dense = set(hf.get("mlp_only_layers") or [])
@@ -55,7 +39,6 @@ def read_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     fields = _llama_like(hf, path)
     bias = bool(hf.get("attention_bias", False))
     fields.update(qkv_bias=bias, attn_out_bias=bias, mlp_bias=False, qk_norm=True)
-    fields.update(_window(hf, fields["n_layers"]))
     if hf["model_type"] == "qwen3_moe":
         fields.update(_moe(hf, path, fields["n_layers"]))
     return fields
