@@ -60,18 +60,22 @@ def init_weights(model: nn.Module, std: float = 0.15, seed: int = 0) -> nn.Modul
     return helpers.init_weights(model, std=std, seed=seed, gemma_norms_at_zero=True)
 
 
-def load_pair(case: Case, folder: Path, seed: int = 0):
+def load_pair(case: FamilyCase, folder: Path, seed: int = 0):
     """(transformers reference, the workbench model loaded from its save_pretrained folder)."""
     reference = case.hf_model(seed)
     reference.save_pretrained(folder)
     return reference, workbench.load_model(folder)
 
 
-def max_logit_error(case: Case, reference, model, path: str, lengths=ROW_LENGTHS, seq_len: int = SEQ_LEN) -> float:
-    """Largest |ours - transformers| over real positions, asserting closeness (two-sided)."""
-    input_ids, mask, position_ids = padded_batch(reference.config.vocab_size, lengths, seq_len)
+def max_logit_error(
+    case: FamilyCase, reference, model, path: str, lengths=ROW_LENGTHS, seq_len: int = SEQ_LEN, seed: int = 0
+) -> float:
+    """Largest |ours - transformers| over real positions of ``padded_batch(..., seed=seed)``,
+    asserting closeness (two-sided)."""
+    input_ids, mask, position_ids = padded_batch(reference.config.vocab_size, lengths, seq_len, seed)
+    # BLOOM's and MPT's references take no position ids; ALiBi only sees distances, so none are needed.
     kwargs = {"position_ids": position_ids} if case.takes_position_ids else {}
-    real = mask.bool()
+    real = mask.bool()  # logits at padding positions are meaningless on both sides
     with torch.no_grad():
         expected = reference(input_ids, attention_mask=mask, **kwargs).logits[real]
     assert expected.std() > 0.1, "reference logits are near-constant: the test would be weak"
