@@ -4,6 +4,8 @@ Imported by test modules and by conftest.py's fixtures (never import conftest it
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,17 @@ def init_weights(
                 else:
                     param.copy_(std * noise)
     return model
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread inside the block; the previous count comes back on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def padded_batch(
