@@ -167,6 +167,15 @@ def check_native_round_trip(model, folder: Path) -> None:
         torch.testing.assert_close(reloaded(tokens), model(tokens), atol=1e-6, rtol=1e-6)
 
 
+def check_model_contract(model, folder: Path, read: str) -> None:
+    """The four checks every family module runs on its model, in this order: the native format
+    round trip (into ``folder``), hooks fire once, the KV cache, nnsight reading ``read``."""
+    check_native_round_trip(model, folder)
+    check_hooks_fire_once(model)
+    check_cache_matches_full_forward(model)
+    check_nnsight_reads_and_writes(model, read=read)
+
+
 def family_pair(cases: dict) -> Any:
     """A module fixture ``pair`` over ``cases``: (case, transformers model, our model loaded by the
     real loader from the saved folder), one per case."""
