@@ -21,6 +21,7 @@ from helpers import (  # noqa: I001 - tests/ is on sys.path through this conftes
     FamilyCase,
     SmolLM2Pair,
     init_weights,
+    one_thread,
     padded_batch,
 )
 
@@ -38,12 +39,8 @@ def single_thread(request: pytest.FixtureRequest):
     if request.node.get_closest_marker("slow"):
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # --- transformers families ------------------------------------------------------------------

@@ -11,20 +11,18 @@ the KV cache gives the logits of one full forward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import torch
+from helpers import ROW_LENGTHS, SEQ_LEN, VOCAB, FamilyCase, padded_batch  # noqa: F401 - re-exported
 from torch import nn
 
 import workbench
 from workbench.model.hooks import attached_hook_count
-
-VOCAB = 96
-SEQ_LEN = 12
-ROW_LENGTHS = (SEQ_LEN, 9, 5)  # real tokens per row of a left-padded [3, SEQ_LEN] batch
 
 # Both sides run the same fp32 arithmetic in a different order (SDPA vs matmul, fused vs split
 # projections, grouped vs repeated heads, per-expert loops, MLA's expanded keys). Over the 13
@@ -37,20 +35,10 @@ RTOL = 1e-5
 
 
 @dataclass(frozen=True)
-class Case:
-    """A tiny transformers config of one family/variant and how to drive its reference."""
+class Case(FamilyCase):
+    """helpers.FamilyCase plus how to finish its reference model once its weights are drawn."""
 
-    name: str
-    model_type: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    attn_implementation: str = "sdpa"
-    takes_position_ids: bool = True
     prepare: Callable[[nn.Module], None] | None = None  # e.g. fill a buffer init leaves at zero
-
-    def hf_config(self):
-        import transformers
-
-        return transformers.AutoConfig.for_model(self.model_type, **self.kwargs)
 
     def hf_model(self, seed: int = 0) -> nn.Module:
         """A seeded fp32 transformers model, weights spread wider than its default init."""
@@ -67,45 +55,27 @@ class Case:
 
 
 def init_weights(model: nn.Module, std: float = 0.15, seed: int = 0) -> nn.Module:
-    """Seeded normal(0, std) weights; norm weights near their identity value (1, or 0 for Gemma's
-    ``1 + weight`` norms) so activations keep their size."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, param in module.named_parameters(recurse=False):
-                noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-                if "norm" in type(module).__name__.lower() and name == "weight":
-                    identity = 0.0 if "gemma" in type(module).__name__.lower() else 1.0
-                    param.copy_(identity + 0.1 * noise)
-                else:
-                    param.copy_(std * noise)
-    return model
+    """helpers.init_weights with norm weights near their identity value: 1, or 0 for Gemma's
+    ``1 + weight`` norms."""
+    return helpers.init_weights(model, std=std, seed=seed, gemma_norms_at_zero=True)
 
 
-def padded_batch(vocab_size: int = VOCAB, lengths=ROW_LENGTHS, seq_len: int = SEQ_LEN, seed: int = 0):
-    """Left-padded ``(input_ids, attention_mask, position_ids)``; positions count real tokens."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab_size, (len(lengths), seq_len), generator=generator)
-    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        mask[row, seq_len - length :] = 1
-    input_ids = input_ids.masked_fill(mask == 0, 0)
-    position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    return input_ids, mask, position_ids
-
-
-def load_pair(case: Case, folder: Path, seed: int = 0):
+def load_pair(case: FamilyCase, folder: Path, seed: int = 0):
     """(transformers reference, the workbench model loaded from its save_pretrained folder)."""
     reference = case.hf_model(seed)
     reference.save_pretrained(folder)
     return reference, workbench.load_model(folder)
 
 
-def max_logit_error(case: Case, reference, model, path: str, lengths=ROW_LENGTHS, seq_len: int = SEQ_LEN) -> float:
-    """Largest |ours - transformers| over real positions, asserting closeness (two-sided)."""
-    input_ids, mask, position_ids = padded_batch(reference.config.vocab_size, lengths, seq_len)
+def max_logit_error(
+    case: FamilyCase, reference, model, path: str, lengths=ROW_LENGTHS, seq_len: int = SEQ_LEN, seed: int = 0
+) -> float:
+    """Largest |ours - transformers| over real positions of ``padded_batch(..., seed=seed)``,
+    asserting closeness (two-sided)."""
+    input_ids, mask, position_ids = padded_batch(reference.config.vocab_size, lengths, seq_len, seed)
+    # BLOOM's and MPT's references take no position ids; ALiBi only sees distances, so none are needed.
     kwargs = {"position_ids": position_ids} if case.takes_position_ids else {}
-    real = mask.bool()
+    real = mask.bool()  # logits at padding positions are meaningless on both sides
     with torch.no_grad():
         expected = reference(input_ids, attention_mask=mask, **kwargs).logits[real]
     assert expected.std() > 0.1, "reference logits are near-constant: the test would be weak"
@@ -195,6 +165,15 @@ def check_native_round_trip(model, folder: Path) -> None:
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens), model(tokens), atol=1e-6, rtol=1e-6)
+
+
+def check_model_contract(model, folder: Path, read: str) -> None:
+    """The four checks every family module runs on its model, in this order: the native format
+    round trip (into ``folder``), hooks fire once, the KV cache, nnsight reading ``read``."""
+    check_native_round_trip(model, folder)
+    check_hooks_fire_once(model)
+    check_cache_matches_full_forward(model)
+    check_nnsight_reads_and_writes(model, read=read)
 
 
 def family_pair(cases: dict) -> Any:

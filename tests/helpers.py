@@ -4,6 +4,8 @@ Imported by test modules and by conftest.py's fixtures (never import conftest it
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +25,35 @@ SEQ_LEN = 12
 ROW_LENGTHS = (SEQ_LEN, 9, 5)
 
 
-def init_weights(model: nn.Module, std: float = 0.15, seed: int = 0) -> nn.Module:
-    """Seeded normal(0, std) weights; norm scales near 1 so activations keep their size."""
+def init_weights(
+    model: nn.Module, std: float = 0.15, seed: int = 0, gemma_norms_at_zero: bool = False
+) -> nn.Module:
+    """Seeded normal(0, std) weights; norm scales near 1 so activations keep their size.
+
+    ``gemma_norms_at_zero``: start Gemma's norm weights near 0 instead, their identity value in
+    Gemma's ``1 + weight`` norms."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
             for name, param in module.named_parameters(recurse=False):
                 noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
                 if "norm" in type(module).__name__.lower() and name == "weight":
-                    param.copy_(1.0 + 0.1 * noise)
+                    gemma = gemma_norms_at_zero and "gemma" in type(module).__name__.lower()
+                    param.copy_((0.0 if gemma else 1.0) + 0.1 * noise)
                 else:
                     param.copy_(std * noise)
     return model
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread inside the block; the previous count comes back on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def padded_batch(

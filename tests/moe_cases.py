@@ -21,18 +21,18 @@ Shape legend: B batch rows, T positions, V vocab, E experts, N tokens (B x T).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from helpers import one_thread
 from transformers import MixtralConfig, MixtralForCausalLM
 
 from workbench import inputs, structured_text
+from workbench.zoo import _balance_loss
 
 VOCAB = 128
 CONTEXT = 64
@@ -69,16 +69,6 @@ def batch(generator: torch.Generator, rows: int = 16) -> torch.Tensor:
     return torch.stack(out)
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _skew_router(model: MixtralForCausalLM, generator: torch.Generator) -> None:
     """Give every token's embedding a shared direction u and point each router's expert-0 row
     along it: expert 0 becomes every token's first choice (probability ~0.9 at step 0)."""
@@ -106,7 +96,12 @@ def train(balance: float, skewed: bool, steps: int = 300, seed: int = 0) -> Mixt
         for step in range(steps):
             tokens_BT = batch(generator)
             out = model(tokens_BT, labels=tokens_BT, output_router_logits=balance > 0)
-            loss = out.loss + balance * first_choice_balance_loss(out.router_logits) if balance else out.loss
+            # Switch Transformer's E * sum_i f_i * P_i on each token's first choice, averaged over
+            # layers (the zoo's balance loss). Mixtral's own auxiliary loss counts top-k slots, which
+            # a router satisfies while one expert stays every token's first choice (measured here:
+            # 0.98 of first choices at coefficient 1.0); counting first choices balances what the
+            # token mostly gets.
+            loss = out.loss + balance * _balance_loss(out.router_logits, N_EXPERTS) if balance else out.loss
             for group in optimizer.param_groups:
                 group["lr"] = 3e-3 * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / steps))
             optimizer.zero_grad(set_to_none=True)
@@ -114,22 +109,6 @@ def train(balance: float, skewed: bool, steps: int = 300, seed: int = 0) -> Mixt
             optimizer.step()
         model.eval()
     return model
-
-
-def first_choice_balance_loss(router_logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Switch Transformer's E * sum_i f_i * P_i on each token's first choice, averaged over layers.
-
-    Mixtral's own auxiliary loss counts top-k slots, which a router satisfies while one expert
-    stays every token's first choice (measured here: 0.98 of first choices at coefficient 1.0);
-    counting first choices balances what the token mostly gets.
-    """
-    losses = []
-    for logits_NE in router_logits:
-        probs_NE = torch.softmax(logits_NE.float(), dim=-1)
-        first_N = probs_NE.argmax(dim=-1)
-        fraction_E = torch.bincount(first_N, minlength=probs_NE.shape[-1]).float() / first_N.numel()
-        losses.append(probs_NE.shape[-1] * (fraction_E * probs_NE.mean(dim=0)).sum())
-    return torch.stack(losses).mean()
 
 
 def reset_router(model: MixtralForCausalLM, seed: int = 0) -> MixtralForCausalLM:

@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from family_checks import load_pair, max_logit_error
 from safetensors.torch import load_file
 
 import workbench
@@ -21,50 +22,16 @@ from workbench.loading import families
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# Both sides run the same fp32 arithmetic; only the order of accumulation differs (matmul vs
-# SDPA kernels, fused vs split qkv, grouped vs repeated heads). At d_model <= 36 and
-# |logits| <= 4 that costs at most ~2e-6 (measured); 1e-5 two-sided leaves headroom, while any
-# real mistake (a wrong rotary layout, scale, mask or bias) moves logits by 1e-2 or more.
-ATOL = 1e-5
-RTOL = 1e-5
-
-
-def reference_logits(case, reference, input_ids, mask, position_ids) -> torch.Tensor:
-    kwargs = {"position_ids": position_ids} if case.takes_position_ids else {}
-    with torch.no_grad():
-        return reference(input_ids, attention_mask=mask, **kwargs).logits
-
-
-def workbench_logits(case, model, input_ids, mask, position_ids) -> torch.Tensor:
-    # BLOOM's reference takes no position ids; ALiBi only sees distances, so none are needed.
-    kwargs = {"position_ids": position_ids} if case.takes_position_ids else {}
-    with torch.no_grad():
-        return model(input_ids, attention_mask=mask, **kwargs)
-
-
-def compare(case, reference, model, batch: tuple[torch.Tensor, ...]) -> None:
-    """Logits of ``model`` equal those of the transformers ``reference`` at real (non-pad) positions."""
-    input_ids, mask, position_ids = batch
-    real = mask.bool()  # logits at padding positions are meaningless on both sides
-    expected = reference_logits(case, reference, input_ids, mask, position_ids)[real]
-    assert expected.std() > 0.1, "reference logits are near-constant: the test would be weak"
-    actual = workbench_logits(case, model, input_ids, mask, position_ids)[real]
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=RTOL)
-
 
 @pytest.fixture(scope="module")
 def family_pair(family_case, tmp_path_factory: pytest.TempPathFactory):
-    reference = family_case.hf_model()
-    folder = tmp_path_factory.mktemp(family_case.name)
-    reference.save_pretrained(folder)
-    return reference, workbench.load_model(folder)
+    return load_pair(family_case, tmp_path_factory.mktemp(family_case.name))
 
 
 @pytest.mark.parametrize("path", ["sdpa", "explicit"])
-def test_logits_match_transformers(family_case, family_pair, make_batch, path: str) -> None:
+def test_logits_match_transformers(family_case, family_pair, path: str) -> None:
     reference, model = family_pair
-    with model.attention_options(explicit=path == "explicit"):
-        compare(family_case, reference, model, make_batch(reference.config.vocab_size))
+    max_logit_error(family_case, reference, model, path)
 
 
 def test_config_reflects_family(family_case, family_pair) -> None:
@@ -143,12 +110,11 @@ def _write_layout(reference, folder, layout: str) -> None:
 
 @pytest.mark.parametrize("layout", ["sharded-safetensors", "bin", "sharded-bin", "in-memory-state-dict-bin"])
 @pytest.mark.parametrize("name", LAYOUT_FAMILIES)
-def test_checkpoint_layouts_load(name: str, layout: str, family_cases, make_batch, tmp_path) -> None:
+def test_checkpoint_layouts_load(name: str, layout: str, family_cases, tmp_path) -> None:
     case = family_cases[name]
     reference = case.hf_model(seed=2)
     _write_layout(reference, tmp_path, layout)
-    batch = make_batch(reference.config.vocab_size, seed=2)
-    compare(case, reference, workbench.load_model(tmp_path), batch)
+    max_logit_error(case, reference, workbench.load_model(tmp_path), "sdpa", seed=2)
 
 
 # --- config.json variants ---------------------------------------------------------------------

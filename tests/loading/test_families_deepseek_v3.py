@@ -17,10 +17,7 @@ import torch
 from family_checks import (
     VOCAB,
     Case,
-    check_cache_matches_full_forward,
-    check_hooks_fire_once,
-    check_native_round_trip,
-    check_nnsight_reads_and_writes,
+    check_model_contract,
     family_pair,
     init_weights,
     test_logits_match_transformers,  # noqa: F401 - collected here, with this module's pair
@@ -85,10 +82,7 @@ def test_config_and_parameters(pair) -> None:
 
 def test_hooks_cache_nnsight_and_native_format(pair, tmp_path) -> None:
     _, _, model = pair
-    check_native_round_trip(model, tmp_path / "native")
-    check_hooks_fire_once(model)
-    check_cache_matches_full_forward(model)
-    check_nnsight_reads_and_writes(model, read="blocks.0.attn.hook_latent")
+    check_model_contract(model, tmp_path / "native", read="blocks.0.attn.hook_latent")
 
 
 def test_routing_follows_the_biased_choice(pair) -> None:
@@ -101,22 +95,18 @@ def test_routing_follows_the_biased_choice(pair) -> None:
         seen[hook.name.rsplit(".", 1)[-1]] = tensor
 
     mlp = model.blocks[1].mlp
-    handle = model.blocks[1].ln2.register_forward_hook(lambda module, args, out: seen.setdefault("input", out))
-    try:
-        with model.hooks([("blocks.1.mlp.hook_expert_indices", keep), ("blocks.1.mlp.hook_expert_weights", keep)]):
-            with torch.no_grad():
-                model(tokens)
-    finally:
-        handle.remove()
+    points = ("blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_expert_indices", "blocks.1.mlp.hook_expert_weights")
+    with model.hooks([(point, keep) for point in points]), torch.no_grad():
+        model(tokens)
     with torch.no_grad():
-        _, weights, indices = reference.model.layers[1].mlp.gate(seen["input"])
+        _, weights, indices = reference.model.layers[1].mlp.gate(seen["hook_pre"])
     ours, theirs = seen["hook_expert_indices"][0].sort(dim=-1), indices.sort(dim=-1)
     assert torch.equal(ours.values, theirs.values)
     torch.testing.assert_close(seen["hook_expert_weights"][0].gather(-1, ours.indices),
                                weights.gather(-1, theirs.indices), atol=1e-6, rtol=1e-6)
     # without the bias the choice differs somewhere (else the bias would not be tested)
     with torch.no_grad():
-        logits = mlp.router(seen["input"].float())
+        logits = mlp.router(seen["hook_pre"].float())
         _, unbiased = route(logits, mlp.top_k, mlp.norm_topk_prob, score="sigmoid", n_groups=mlp.n_groups,
                             topk_groups=mlp.topk_groups, scale=mlp.routed_scale)
     assert not torch.equal(unbiased[0].sort(dim=-1).values, ours.values)

@@ -16,10 +16,7 @@ import torch
 from family_checks import (
     VOCAB,
     Case,
-    check_cache_matches_full_forward,
-    check_hooks_fire_once,
-    check_native_round_trip,
-    check_nnsight_reads_and_writes,
+    check_model_contract,
     family_pair,
     test_logits_match_transformers,  # noqa: F401 - collected here, with this module's pair
 )
@@ -80,10 +77,7 @@ def test_config_and_parameters(pair) -> None:
 
 def test_hooks_cache_nnsight_and_native_format(pair, tmp_path) -> None:
     _, _, model = pair
-    check_native_round_trip(model, tmp_path / "native")
-    check_hooks_fire_once(model)
-    check_cache_matches_full_forward(model)
-    check_nnsight_reads_and_writes(model, read="blocks.0.hook_attn_out")
+    check_model_contract(model, tmp_path / "native", read="blocks.0.hook_attn_out")
 
 
 def test_caps_bound_what_the_softmax_sees(pair) -> None:

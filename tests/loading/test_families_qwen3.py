@@ -10,10 +10,7 @@ import torch
 from family_checks import (
     VOCAB,
     Case,
-    check_cache_matches_full_forward,
-    check_hooks_fire_once,
-    check_native_round_trip,
-    check_nnsight_reads_and_writes,
+    check_model_contract,
     family_pair,
     init_weights,
     test_logits_match_transformers,  # noqa: F401 - collected here, with this module's pair
@@ -66,10 +63,7 @@ def test_config_and_parameters(pair) -> None:
 
 def test_hooks_cache_nnsight_and_native_format(pair, tmp_path) -> None:
     _, _, model = pair
-    check_native_round_trip(model, tmp_path / "native")
-    check_hooks_fire_once(model)
-    check_cache_matches_full_forward(model)
-    check_nnsight_reads_and_writes(model, read="blocks.0.attn.hook_q")
+    check_model_contract(model, tmp_path / "native", read="blocks.0.attn.hook_q")
 
 
 def test_qk_norm_is_what_hook_q_sees(pair) -> None:

@@ -72,19 +72,6 @@ def attention_stats(model: HookedDecoder, tokens_BT: torch.Tensor) -> dict[str, 
     return {"entropy": torch.stack(entropy), "max_prob": torch.stack(max_prob)}
 
 
-def expert_shares(model: HookedDecoder, tokens_BT: torch.Tensor) -> torch.Tensor:
-    """Fraction of tokens whose top-1 expert is each expert, per MoE layer: (layers, E)."""
-    shares = []
-
-    def keep(indices_BTk: torch.Tensor, hook: object) -> None:
-        top1 = indices_BTk[..., 0].reshape(-1)
-        shares.append(torch.bincount(top1, minlength=model.config.n_experts).float() / top1.numel())
-
-    with torch.no_grad(), hooks(model, [(lambda name: name.endswith("mlp.hook_expert_indices"), keep)]):
-        model(tokens_BT)
-    return torch.stack(shares)
-
-
 def routing_stats(model: HookedDecoder, tokens_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per MoE layer: first-choice share and coverage (fraction of tokens choosing the expert
     among their top k) per expert ``(layers, E)``, mean router entropy / log E ``(layers,)``."""
@@ -519,12 +506,12 @@ def test_moe_members_route_as_described(models) -> None:
     assert float(pooled_routing(models["moe-reset-router"])["entropy"].min()) > 0.985
     tokens_BT, _ = zoo.TextTask(batch=32).sample(zoo.VOCAB_SIZE, torch.Generator().manual_seed(9))
 
-    def text_loss(model: HookedDecoder) -> float:
+    def heldout_text_loss(model: HookedDecoder) -> float:
         with torch.no_grad():
             logits_BTV = model(tokens_BT)
         return F.cross_entropy(logits_BTV[:, :-1].reshape(-1, zoo.VOCAB_SIZE), tokens_BT[:, 1:].reshape(-1)).item()
 
-    assert text_loss(models["moe-reset-router"]) > text_loss(models["moe-balanced"]) + 0.05
+    assert heldout_text_loss(models["moe-reset-router"]) > heldout_text_loss(models["moe-balanced"]) + 0.05
 
 
 @pytest.mark.slow
