@@ -14,9 +14,10 @@ import torch
 from workbench.loading.native import save_checkpoint
 from workbench.model.decoder import HookedDecoder
 from workbench.zoo.recipe import ZooSpec
-from workbench.zoo.specs import MEMBERS, RESET_ROUTER_STD, _spec
+from workbench.zoo.specs import MEMBERS, _spec
 from workbench.zoo.training import (
     _init_weights,
+    _reset_routers,
     _train,
     _training_threads,
     _write_q_scale,
@@ -73,9 +74,7 @@ def build(name: str, folder: str | os.PathLike, *, seed: int = 0, steps: int | N
         model.config = model.config.replace(**spec.claim)
         model.reset_buffers()
     if spec.reset_router:  # after training, like q_scale (outside the cache)
-        with torch.no_grad():
-            for block in model.blocks:
-                block.mlp.router.weight.normal_(0.0, RESET_ROUTER_STD)
+        _reset_routers(model)
     if spec.residual_scale != 1.0:
         _write_residual_scale(model, spec.residual_scale)
     if spec.stored_dtype != "float32":

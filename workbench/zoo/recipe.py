@@ -68,6 +68,9 @@ class ZooSpec:
     stored_dtype: str = "float32"  # the dtype the checkpoint's tensors are saved in
 
 
+_BOTH_LAYERS = range(2)  # every layer of the base shape below
+
+
 def _config(name: str, **changes: object) -> DecoderConfig:
     """The zoo's base shape: 2 layers, 4 heads of 32, d_model 64, RoPE, a 64-token context."""
     base = DecoderConfig(

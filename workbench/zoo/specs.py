@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from workbench.zoo.members import attention, length, precision, routing
-from workbench.zoo.members.routing import RESET_ROUTER_STD
 from workbench.zoo.recipe import GroundTruth, ZooSpec
 
-__all__ = ["MEMBERS", "RESET_ROUTER_STD", "ground_truth"]
+__all__ = ["MEMBERS", "ground_truth"]
 
 # in build order: attention, routing, length, precision members
 MEMBERS: dict[str, ZooSpec] = {

@@ -84,6 +84,17 @@ def _write_q_scale(model: HookedDecoder, factor: float, heads: tuple[int, ...] |
                     attn.q.bias[rows] *= factor
 
 
+# transformers initialises a missing router tensor with normal(0, initializer_range = 0.02)
+RESET_ROUTER_STD = 0.02
+
+
+def _reset_routers(model: HookedDecoder) -> None:
+    """Re-initialise every router as transformers does a router tensor a conversion lost."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mlp.router.weight.normal_(0.0, RESET_ROUTER_STD)
+
+
 def _write_residual_scale(model: HookedDecoder, factor: float) -> None:
     """Multiply the token embedding and every write to the residual stream (attention's output
     projection, the MLP's down projection, with their biases) by ``factor``.

@@ -4,13 +4,12 @@ head) written into trained weights, each beside its healthy twin."""
 from __future__ import annotations
 
 from workbench.findings import Where
-from workbench.zoo.recipe import GroundTruth, ZooSpec, _config
+from workbench.zoo.recipe import _BOTH_LAYERS, GroundTruth, ZooSpec, _config
 from workbench.zoo.tasks import TextTask, TopicTask
 
 _SATURATION = dict(n_heads=2, d_head=128)
 # Heads of SmolLM2's width (64): sqrt(d_head) = 8, the factor a temperature bug costs.
 TEXT_HEADS = dict(n_heads=4, d_head=64)
-_BOTH_LAYERS = range(2)
 # The sink pair's shared training: byte-text fine-tuned with a learned sink in layer 1 head 0.
 _SINK_TRAINING: dict = dict(task=TextTask(), steps=200, learning_rate=2e-3, warmup_steps=20,
                             start_from="byte-text", sink_head=(1, 0))

@@ -4,7 +4,7 @@ and with healthy domain experts."""
 from __future__ import annotations
 
 from workbench.findings import Where
-from workbench.zoo.recipe import GroundTruth, ZooSpec, _config
+from workbench.zoo.recipe import _BOTH_LAYERS, GroundTruth, ZooSpec, _config
 from workbench.zoo.tasks import _PROSE_AND_LOW_TOPICS, _TEXT_AND_TOPICS
 
 # top-1 with the chosen probability as the gate weight (not renormalised): the router learns from
@@ -14,9 +14,6 @@ from workbench.zoo.tasks import _PROSE_AND_LOW_TOPICS, _TEXT_AND_TOPICS
 _MOE = dict(n_experts=4, top_k=1, norm_topk_prob=False, d_mlp=64, norm="layernorm")
 # top-2 with the two weights renormalised, as Mixtral routes.
 _MOE_TOP2 = dict(n_experts=4, top_k=2, norm_topk_prob=True, d_mlp=64, norm="layernorm")
-# transformers initialises a missing router tensor with normal(0, initializer_range = 0.02)
-RESET_ROUTER_STD = 0.02
-_BOTH_LAYERS = range(2)
 
 SPECS: tuple[ZooSpec, ...] = (
     ZooSpec(
