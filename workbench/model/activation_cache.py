@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workbench.model.head_inputs import head_out_weights
 from workbench.utils import get_act_name
 
 PosSlice = int | slice | list[int] | torch.Tensor | None
@@ -173,7 +174,7 @@ class ActivationCache(Mapping):
                 continue
             z = self["z", layer]  # (B, T, H, D)
             attn = block.attn
-            w_o = attn.o.weight.view(-1, attn.n_heads, attn.d_head).permute(1, 2, 0)  # (H, D, d)
+            w_o = head_out_weights(attn.o, attn.n_heads, attn.d_head)  # (H, D, d)
             self.cache_dict[name] = torch.einsum("...hk,hkd->...hd", z, w_o.to(z.device, z.dtype)).detach()
 
     def stack_head_results(

@@ -28,11 +28,16 @@ from torch import nn
 from workbench.model.norm_hooks import pass_through
 
 
-def _heads(linear: nn.Linear, n_heads: int, d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_in_weights(linear: nn.Linear, n_heads: int, d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(W [heads, d, D], b [heads, D] or None)`` of a fused q/k/v projection."""
     weight = linear.weight.view(n_heads, d_head, -1).transpose(1, 2)
     bias = None if linear.bias is None else linear.bias.view(n_heads, d_head)
     return weight, bias
+
+
+def head_out_weights(o: nn.Linear, n_heads: int, d_head: int) -> torch.Tensor:
+    """``W_O [heads, D, d]``: the output projection ``o`` split per head (a view of its weight)."""
+    return o.weight.view(-1, n_heads, d_head).permute(1, 2, 0)
 
 
 def project_per_head(
@@ -41,7 +46,7 @@ def project_per_head(
     """q ``[B, T, H, D]``, k and v ``[B, T, K, D]`` from per-head (normalised) inputs."""
     out = []
     for linear, x, heads in ((attn.q, q_in, attn.n_heads), (attn.k, k_in, attn.n_kv_heads), (attn.v, v_in, attn.n_kv_heads)):
-        weight, bias = _heads(linear, heads, attn.d_head)
+        weight, bias = head_in_weights(linear, heads, attn.d_head)
         y = torch.einsum("bthd,hdk->bthk", x, weight)
         out.append(y if bias is None else y + bias)
     return out[0], out[1], out[2]
@@ -51,8 +56,7 @@ def per_head_result(attn: nn.Module, z: torch.Tensor, fused: torch.Tensor) -> to
     """Run ``[B, T, H, d]`` per-head outputs through ``attn.hook_result``; ``fused`` (the
     projection's own output) unless a hook edited them."""
     B, T, H, D = z.shape
-    w_o = attn.o.weight.view(-1, H, D).permute(1, 2, 0)  # (H, D, d)
-    result, changed = pass_through(attn.hook_result, torch.einsum("bthk,hkd->bthd", z, w_o))
+    result, changed = pass_through(attn.hook_result, torch.einsum("bthk,hkd->bthd", z, head_out_weights(attn.o, H, D)))
     if not changed:
         return fused
     out = result.sum(dim=2)

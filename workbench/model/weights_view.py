@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from workbench.model.factored_matrix import FactoredMatrix
+from workbench.model.head_inputs import head_in_weights, head_out_weights
 
 
 class WeightsMixin:
@@ -29,10 +30,9 @@ class WeightsMixin:
         weights, biases = [], []
         c = self.config
         for block in self.blocks:
-            linear = getattr(block.attn, part)
             heads = c.n_heads if part == "q" else c.kv_heads
-            weight = linear.weight.view(heads, c.d_head, c.d_model).transpose(1, 2)
-            bias = linear.bias.view(heads, c.d_head) if linear.bias is not None else weight.new_zeros(heads, c.d_head)
+            weight, bias = head_in_weights(getattr(block.attn, part), heads, c.d_head)
+            bias = bias if bias is not None else weight.new_zeros(heads, c.d_head)
             repeat = c.n_heads // heads
             weights.append(weight.repeat_interleave(repeat, dim=0))
             biases.append(bias.repeat_interleave(repeat, dim=0))
@@ -86,15 +86,16 @@ class WeightsMixin:
     @property
     def W_O(self) -> torch.Tensor:
         c = self.config
-        return torch.stack([b.attn.o.weight.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0) for b in self.blocks])
+        return torch.stack([head_out_weights(b.attn.o, c.n_heads, c.d_head) for b in self.blocks])
 
     @property
     def b_O(self) -> torch.Tensor:
         d = self.config.d_model
         return torch.stack([b.attn.o.bias if b.attn.o.bias is not None else b.attn.o.weight.new_zeros(d) for b in self.blocks])
 
-    def _dense(self, part: str, transpose: bool = True) -> torch.Tensor:
-        tensors = []
+    def _dense_linears(self, part: str) -> list[torch.nn.Linear]:
+        """Every layer's dense MLP projection ``part``; refused for MoE layers and ungated MLPs."""
+        linears = []
         for layer, block in enumerate(self.blocks):
             linear = getattr(block.mlp, part, None)
             if self.config.is_moe_layer(layer) or linear is None:
@@ -103,15 +104,15 @@ class WeightsMixin:
                     f"{self.config.name}: layer {layer}'s MLP is {kind}; read "
                     f"blocks[{layer}].mlp's own weights instead of the stacked ones"
                 )
-            tensors.append(linear.weight.T if transpose else linear.weight)
-        return torch.stack(tensors)
+            linears.append(linear)
+        return linears
+
+    def _dense(self, part: str) -> torch.Tensor:
+        return torch.stack([linear.weight.T for linear in self._dense_linears(part)])
 
     def _dense_bias(self, part: str, width: int) -> torch.Tensor:
-        self._dense(part)  # same checks
-        return torch.stack([
-            getattr(b.mlp, part).bias if getattr(b.mlp, part).bias is not None
-            else getattr(b.mlp, part).weight.new_zeros(width) for b in self.blocks
-        ])
+        return torch.stack([linear.bias if linear.bias is not None else linear.weight.new_zeros(width)
+                            for linear in self._dense_linears(part)])
 
     @property
     def W_in(self) -> torch.Tensor:
