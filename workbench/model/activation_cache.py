@@ -26,6 +26,9 @@ from workbench.utils import get_act_name
 PosSlice = int | slice | list[int] | torch.Tensor | None
 
 
+_POS_DIM = -2  # positions in [..., P, d] activations
+
+
 def _positions(tensor: torch.Tensor, pos_slice: PosSlice, dim: int) -> torch.Tensor:
     """``tensor`` indexed by ``pos_slice`` along ``dim`` (an int drops the axis)."""
     if pos_slice is None:
@@ -95,8 +98,14 @@ class ActivationCache(Mapping):
         n_layers = self.model.config.n_layers
         return n_layers if layer is None or layer == -1 else layer
 
-    def _pos_dim(self) -> int:
-        return -2
+    def _stacked(self, components: list[torch.Tensor], labels: list[str], layer: int, mlp_input: bool,
+                 pos_slice: PosSlice, apply_ln: bool, return_labels: bool) -> Any:
+        """``components`` at ``pos_slice`` stacked ``[C, B, P, d]``, scaled by the norm that reads
+        them (``apply_ln``), with their labels when asked."""
+        stack = torch.stack([_positions(c, pos_slice, _POS_DIM) for c in components])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        return (stack, labels) if return_labels else stack
 
     def accumulated_resid(
         self,
@@ -123,10 +132,7 @@ class ActivationCache(Mapping):
             if (incl_mid and index < layer) or (mlp_input and index == layer):
                 components.append(self["resid_mid", index])
                 labels.append(f"{index}_mid")
-        stack = torch.stack([_positions(c, pos_slice, self._pos_dim()) for c in components])
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(components, labels, layer, mlp_input, pos_slice, apply_ln, return_labels)
 
     def decompose_resid(
         self,
@@ -160,10 +166,7 @@ class ActivationCache(Mapping):
         if mlp_input and mode != "mlp":
             components.append(self["attn_out", layer])
             labels.append(f"{layer}_attn_out")
-        stack = torch.stack([_positions(c, pos_slice, self._pos_dim()) for c in components])
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(components, labels, layer, mlp_input, pos_slice, apply_ln, return_labels)
 
     def compute_head_results(self) -> None:
         """Add ``blocks.{l}.attn.hook_result`` ``[B, T, H, d]`` from the cached ``hook_z`` and
@@ -193,7 +196,7 @@ class ActivationCache(Mapping):
         self.compute_head_results()
         components, labels = [], []
         for index in range(layer):
-            result = _positions(self["result", index], pos_slice, self._pos_dim() - 1)  # (B, P, H, d)
+            result = _positions(self["result", index], pos_slice, _POS_DIM - 1)  # (B, P, H, d)
             components.extend(result.movedim(-2, 0))
             labels.extend(f"L{index}H{head}" for head in range(n_heads))
         stack = torch.stack(components) if components else torch.empty(0)
@@ -223,7 +226,7 @@ class ActivationCache(Mapping):
         else:
             kind = "ln2" if mlp_input else "ln1"
             norm, scale = getattr(self.model.blocks[layer], kind), self["scale", layer, kind]
-        scale = _positions(scale, pos_slice, self._pos_dim())
+        scale = _positions(scale, pos_slice, _POS_DIM)
         stack = residual_stack.float()
         if isinstance(norm, torch.nn.LayerNorm):
             stack = stack - stack.mean(-1, keepdim=True)
