@@ -313,10 +313,8 @@ def read_text_file(path: Path, limit_bytes: int | None = None) -> str:
 def check_ids_fit(tokens: torch.Tensor, vocab_size: int | None) -> None:
     """Refuse token ids outside the model's vocabulary: the tokenizer does not match the model."""
     if vocab_size is not None and int(tokens.max()) >= vocab_size:
-        raise InputError(
-            f"the tokenizer produced id {int(tokens.max())}, outside the model's "
-            f"vocabulary of {vocab_size}: tokenizer and model do not match"
-        )
+        raise InputError(f"the tokenizer produced id {int(tokens.max())}, outside the model's vocabulary of "
+                         f"{vocab_size}: tokenizer and model do not match")
 
 
 def _bos_note(tokenizer: Tokenizer | None) -> str:

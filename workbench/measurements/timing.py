@@ -273,7 +273,9 @@ def _components(durations: dict[str, float]) -> dict[str, Any]:
                 "attn_us": attn,
                 "mlp_us": mlp_inclusive - router,
                 "router_us": router,
-                "other_us": block - attn - mlp_inclusive,
+                # The ranges nest (forward > block > attn, mlp > router), so every part fits in its
+                # whole; a microsecond of clock jitter at a boundary is clamped, not shown negative.
+                "other_us": max(0.0, block - attn - mlp_inclusive),
                 "block_us": block,
             }
         )
@@ -281,11 +283,6 @@ def _components(durations: dict[str, float]) -> dict[str, Any]:
         key: sum(row[key] for row in rows)
         for key in ("attn_us", "mlp_us", "router_us", "other_us", "block_us")
     }
-    # The ranges nest (forward > block > attn, mlp > router), so every part fits in its whole; a
-    # microsecond of clock jitter at a boundary is clamped rather than shown as a negative part.
-    for row in rows:
-        row["other_us"] = max(0.0, row["other_us"])
-    totals["other_us"] = sum(row["other_us"] for row in rows)
     totals["forward_us"] = max(durations.get(FORWARD_RANGE, 0.0), totals["block_us"])
     totals["outside_blocks_us"] = totals["forward_us"] - totals["block_us"]
     return {"per_layer": rows, "totals": totals}

@@ -242,10 +242,8 @@ def _deployment(path: Path, table: dict[str, Any]) -> Deployment:
     oversize = table.get("oversize", "warn")
     if oversize not in ("warn", "fail"):
         raise ProfileError(f'{at(path, "deployment", "oversize")}: oversize must be "warn" or "fail"')
-    from workbench.memory.engines import list_engines  # noqa: PLC0415 - memory.engines imports workbench.settings
-
     engine = table.get("engine", "vllm")
-    engines = list_engines()
+    engines = sorted(p.stem for p in (profiles_dir() / "engines").glob("*.toml"))  # settings sits below memory
     if engine not in engines:
         raise unknown_name("engine", str(engine), engines, at(path, "deployment", "engine"))
     block = table["block_size"]
